@@ -1,0 +1,1 @@
+"""Embedding image sets with a SimCLR encoder and searching them with FAISS."""

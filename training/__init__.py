@@ -1,0 +1,1 @@
+"""SimCLR pretraining, fine-tuning and evaluation, and the artifact layout they write."""

@@ -1,0 +1,79 @@
+"""One config object per stage, saved with every checkpoint and result (as nanoGPT does).
+
+Presets name tested recipes; command-line flags override single fields.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    data: str = "cifar10"
+    arch: str = "resnet18"
+    width: int = 64
+    image_size: int = 32
+    proj_dim: int = 1024
+    temperature: float = 0.5
+    batch_size: int = 256
+    epochs: int = 50
+    time_budget: float | None = None  # seconds; fits warm-up + cosine to wall-clock instead of epochs
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    weight_decay: float = 1e-6
+    momentum: float = 0.9
+    warmup: float = 0.02  # fraction of the schedule spent warming up linearly
+    limit: int | None = None
+    knn_k: int = 200
+    knn_temperature: float = 0.1
+    knn_bank: int | None = None  # train images in the kNN memory bank (None: all)
+    seed: int = 0
+    device: str = "auto"
+    channels_last: bool = True
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    label_fraction: float = 0.1
+    epochs: int = 30
+    time_budget: float | None = None
+    batch_size: int = 256
+    lr: float = 1e-3
+    weight_decay: float = 1e-5
+    seed: int = 0
+    device: str = "auto"
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# The seed's GPU run: ResNet-50, 50 epochs, Adam 1e-3, temperature 0.5, projection 1024.
+SEED = {"pretrain": {"arch": "resnet50", "epochs": 50}, "finetune": {}}
+
+# A few minutes on two CPU cores: a narrow ResNet-18, each stage on a wall-clock budget.
+QUICK = {
+    "pretrain": {
+        "width": 16,
+        "proj_dim": 128,
+        "temperature": 0.2,
+        "optimizer": "sgd",
+        "lr": 0.3,
+        "weight_decay": 5e-4,
+        "time_budget": 330.0,
+        "knn_bank": 10000,
+    },
+    "finetune": {"time_budget": 150.0},
+}
+
+PRESETS: dict[str, dict[str, dict[str, Any]]] = {"seed": SEED, "quick": QUICK}
+
+
+def with_overrides(cfg: Any, overrides: dict[str, Any]) -> Any:
+    """``cfg`` with the fields named in ``overrides`` replaced (``None`` values are ignored)."""
+    names = {f.name for f in fields(cfg)}
+    return replace(cfg, **{k: v for k, v in overrides.items() if k in names and v is not None})

@@ -1,0 +1,129 @@
+"""End-to-end fine-tuning of a pretrained encoder plus a linear head on a labelled fraction.
+
+As in the seed, the classifier trains on a stratified 10% of the training labels
+(fixed seed) and is scored top-1 / top-3 on the whole test split.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from training.artifacts import ArtifactHome, RunPaths
+from training.atomic import atomic_torch_save, atomic_write_json
+from training.augment import crop_flip
+from training.config import FinetuneConfig, PretrainConfig
+from training.data import DataError, ImageSet, has_split, load_split, stratified_indices
+from training.evaluate import predict, topk_accuracy
+from training.models import Classifier, EncoderSpec, build_encoder, feature_dim
+from training.runtime import autocast, param_groups, pick_device, set_threads, warmup_cosine
+
+
+def run_config(run: RunPaths) -> PretrainConfig:
+    return PretrainConfig(**json.loads(run.config.read_text())["pretrain"])
+
+
+def load_encoder(run: RunPaths, cfg: PretrainConfig) -> torch.nn.Module:
+    encoder = build_encoder(EncoderSpec(cfg.arch, cfg.width, cfg.image_size))
+    encoder.load_state_dict(torch.load(run.encoder, map_location="cpu", weights_only=True))
+    return encoder
+
+
+def train_one_epoch(
+    model: Classifier,
+    optimizer: torch.optim.Optimizer,
+    data: ImageSet,
+    cfg: FinetuneConfig,
+    progress_at: Callable[[], float],
+    generator: torch.Generator,
+) -> float:
+    """One shuffled pass with random crop + flip; returns the mean cross-entropy."""
+    model.train()
+    device = data.images.device
+    order = torch.randperm(len(data), device=device, generator=generator)
+    n_batches = max(1, len(data) // cfg.batch_size)  # small labelled sets still get a step
+    loss_sum = torch.zeros((), device=device)
+    for i in range(n_batches):
+        for group in optimizer.param_groups:
+            group["lr"] = cfg.lr * warmup_cosine(progress_at(), 0.0)
+        idx = order[i * cfg.batch_size : (i + 1) * cfg.batch_size]
+        x = crop_flip(data.images[idx], generator=generator).contiguous(memory_format=torch.channels_last)
+        with autocast(device):
+            logits = model(x)
+        loss = F.cross_entropy(logits.float(), data.labels[idx])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        loss_sum += loss.detach()
+    return (loss_sum / n_batches).item()
+
+
+def finetune(
+    encoder: torch.nn.Module,
+    spec_dim: int,
+    train: ImageSet,
+    test: ImageSet,
+    cfg: FinetuneConfig,
+) -> tuple[Classifier, dict[str, float]]:
+    """Fine-tune ``encoder`` + a new linear head on ``train``; score on ``test``. Both on one device."""
+    device = train.images.device
+    torch.manual_seed(cfg.seed)
+    generator = torch.Generator(device=device).manual_seed(cfg.seed)
+    model = Classifier(encoder, spec_dim, len(train.classes)).to(device).to(memory_format=torch.channels_last)
+    optimizer = torch.optim.Adam(param_groups(model, cfg.weight_decay), lr=cfg.lr)
+    start = time.perf_counter()
+    steps_per_epoch = max(1, len(train) // cfg.batch_size)
+    state = {"epoch": 0}
+
+    def progress_at() -> float:
+        if cfg.time_budget:
+            return (time.perf_counter() - start) / cfg.time_budget
+        return state["epoch"] / cfg.epochs  # cosine steps per epoch; fine for a few dozen epochs
+
+    bar = tqdm(desc="fine-tuning", unit="epoch", total=None if cfg.time_budget else cfg.epochs)
+    while progress_at() < 1:
+        loss = train_one_epoch(model, optimizer, train, cfg, progress_at, generator)
+        state["epoch"] += 1
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss:.3f}")
+    bar.close()
+    train_seconds = time.perf_counter() - start
+    scores = predict(model, test.images, device=device)
+    acc = topk_accuracy(scores, test.labels.cpu(), (1, 3))
+    metrics = {
+        "finetune_top1": acc["top1"],
+        "finetune_top3": acc["top3"],
+        "finetune_epochs": float(state["epoch"]),
+        "finetune_seconds": train_seconds,
+        "finetune_labelled": float(len(train)),
+        "finetune_steps_per_epoch": float(steps_per_epoch),
+    }
+    return model, metrics
+
+
+def main(cfg: FinetuneConfig, home: ArtifactHome, run: RunPaths, data: str | None = None, limit: int | None = None) -> dict[str, float]:
+    """Fine-tune the run's encoder; write ``classifier.pt`` and ``finetune.json`` into the run."""
+    set_threads()
+    device = pick_device(cfg.device)
+    pcfg = run_config(run)
+    src = data or pcfg.data
+    lim = limit if limit is not None else pcfg.limit
+    train = load_split(src, "train", data_dir=home.data, image_size=pcfg.image_size, limit=lim, seed=pcfg.seed)
+    if not train.labelled:
+        raise DataError(f"fine-tuning needs labels: {src} must have one subfolder per class")
+    test_split = "test" if has_split(src, "test") else "train"
+    test = load_split(src, test_split, data_dir=home.data, image_size=pcfg.image_size, limit=lim, seed=pcfg.seed)
+    keep = stratified_indices(train.labels, cfg.label_fraction, cfg.seed)
+    labelled = ImageSet(train.images[keep].to(device), train.labels[keep].to(device), train.classes, [])
+    test = ImageSet(test.images.to(device), test.labels.to(device), test.classes, [])
+    print(f"fine-tuning on {len(labelled)} labelled images ({cfg.label_fraction:.0%}), testing on {len(test)} ({test_split})")
+    model, metrics = finetune(load_encoder(run, pcfg), feature_dim(EncoderSpec(pcfg.arch, pcfg.width)), labelled, test, cfg)
+    atomic_torch_save(model.cpu().state_dict(), run.classifier)
+    atomic_write_json(run.finetune, {"config": cfg.as_dict(), "data": src, "test_split": test_split, "classes": train.classes, "metrics": metrics})
+    print(f"fine-tuned: test top-1 {metrics['finetune_top1']:.1%}, top-3 {metrics['finetune_top3']:.1%}")
+    return metrics

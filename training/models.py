@@ -1,0 +1,118 @@
+"""Encoders, the SimCLR projection head and the classifier, built from torchvision's ResNet.
+
+The encoder is torchvision's ResNet with the CIFAR stem (Chen et al. 2020, B.9:
+"we replace the first 7x7 Conv of stride 2 with 3x3 Conv of stride 1, and also
+remove the first max pooling operation") and an optional base width other than
+64, which scales every stage (width 32 is a quarter of the FLOPs).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
+
+ARCHS: dict[str, tuple[type[BasicBlock] | type[Bottleneck], list[int]]] = {
+    "resnet18": (BasicBlock, [2, 2, 2, 2]),
+    "resnet34": (BasicBlock, [3, 4, 6, 3]),
+    "resnet50": (Bottleneck, [3, 4, 6, 3]),
+}
+
+# Per-channel statistics of the CIFAR-10 training set; saved in every manifest.
+CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR_STD = (0.2470, 0.2435, 0.2616)
+
+
+@dataclass(frozen=True)
+class EncoderSpec:
+    """Everything needed to rebuild an encoder from its weights."""
+
+    arch: str = "resnet18"
+    width: int = 64
+    image_size: int = 32
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def build_encoder(spec: EncoderSpec) -> ResNet:
+    """A ResNet with the CIFAR stem whose forward returns ``(B, feature_dim)`` pooled features."""
+    if spec.arch not in ARCHS:
+        raise ValueError(f"unknown arch {spec.arch!r}; choose from {', '.join(ARCHS)}")
+    block, layers = ARCHS[spec.arch]
+    net = ResNet(block, layers)
+    w = spec.width
+    if w != 64:
+        # torchvision hard-codes 64/128/256/512; rebuild the stages at the requested width.
+        net.inplanes = w
+        net.layer1 = net._make_layer(block, w, layers[0])
+        net.layer2 = net._make_layer(block, 2 * w, layers[1], stride=2)
+        net.layer3 = net._make_layer(block, 4 * w, layers[2], stride=2)
+        net.layer4 = net._make_layer(block, 8 * w, layers[3], stride=2)
+        net.bn1 = nn.BatchNorm2d(w)
+    net.conv1 = nn.Conv2d(3, w, kernel_size=3, stride=1, padding=1, bias=False)
+    net.maxpool = nn.Identity()
+    net.fc = nn.Identity()
+    for m in net.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+    return net
+
+
+def feature_dim(spec: EncoderSpec) -> int:
+    return 8 * spec.width * ARCHS[spec.arch][0].expansion
+
+
+class ProjectionHead(nn.Module):
+    """g(.) of SimCLR: "a MLP with one hidden layer" mapping h to z where the loss is applied.
+
+    ``(B, in_dim) -> (B, out_dim)``; Linear -> BatchNorm -> ReLU -> Linear.
+    """
+
+    def __init__(self, in_dim: int, hidden_dim: int, out_dim: int) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(in_dim, hidden_dim, bias=False),
+            nn.BatchNorm1d(hidden_dim),
+            nn.ReLU(inplace=True),
+            nn.Linear(hidden_dim, out_dim),
+        )
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.net(h)
+
+
+class SimCLRModel(nn.Module):
+    """Encoder f plus projection head g: ``(B, 3, H, W) -> (B, proj_dim)``."""
+
+    def __init__(self, spec: EncoderSpec, proj_dim: int = 1024) -> None:
+        super().__init__()
+        self.encoder = build_encoder(spec)
+        d = feature_dim(spec)
+        self.head = ProjectionHead(d, d, proj_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.encoder(x))
+
+
+class Classifier(nn.Module):
+    """Encoder plus a linear layer: ``(B, 3, H, W) -> (B, n_classes)`` logits."""
+
+    def __init__(self, encoder: nn.Module, in_dim: int, n_classes: int) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.fc = nn.Linear(in_dim, n_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.encoder(x))
+
+
+def normalize(x: torch.Tensor) -> torch.Tensor:
+    """uint8 ``(B, 3, H, W)`` pixels (or floats in [0, 1]) to the normalised float input of every model."""
+    if x.dtype == torch.uint8:
+        x = x.float().div_(255)
+    mean = torch.tensor(CIFAR_MEAN, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    std = torch.tensor(CIFAR_STD, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    return (x - mean) / std
