@@ -281,8 +281,11 @@ def load_bundle(path: Path) -> LoadedBundle:
     for key, name in (("encoder", ENCODER_FILE), ("classifier", CLASSIFIER_FILE)):
         if sha256_file(path / name) != manifest.weights.get(key):
             raise BundleError(f"bundle {manifest.version}: {name} does not match its fingerprint in the manifest")
-    info = IndexInfo.model_validate_json((path / INDEX_META_FILE).read_text())
-    if info.encoder_fingerprint != manifest.weights["encoder"]:
+    try:
+        info = IndexInfo.model_validate_json((path / INDEX_META_FILE).read_text())
+    except ValidationError as e:
+        raise BundleError(f"bundle {manifest.version}: {INDEX_META_FILE} is not valid: {e}") from e
+    if info.encoder_fingerprint != manifest.weights.get("encoder"):
         raise BundleError(f"bundle {manifest.version}: the index was built by another encoder")
     spec = manifest.encoder_spec
     dim = feature_dim(spec)
@@ -296,11 +299,11 @@ def load_bundle(path: Path) -> LoadedBundle:
         classifier.load_state_dict(torch.load(path / CLASSIFIER_FILE, map_location="cpu", weights_only=True))
         index = faiss.deserialize_index(np.fromfile(path / INDEX_FILE, dtype=np.uint8))
         items = json.loads((path / ITEMS_FILE).read_text())
+        labels = np.asarray(items["labels"], dtype=np.int64)
+        sources = [str(s) for s in items["sources"]]
         pixels = np.load(path / PIXELS_FILE, mmap_mode="r")
-    except (RuntimeError, ValueError, OSError, KeyError) as e:
-        raise BundleError(f"bundle {manifest.version}: cannot load its files: {e}") from e
-    labels = np.asarray(items["labels"], dtype=np.int64)
-    sources = list(items["sources"])
+    except (RuntimeError, ValueError, OSError, KeyError, TypeError) as e:
+        raise BundleError(f"bundle {manifest.version}: cannot load its files: {e!r}") from e
     checks = {
         "index dimension": (index.d, dim),
         "index size in manifest": (index.ntotal, manifest.index.size),
@@ -313,8 +316,8 @@ def load_bundle(path: Path) -> LoadedBundle:
             raise BundleError(f"bundle {manifest.version}: {what} is {got}, expected {want}")
     if pixels.shape[1:] != (3, spec.image_size, spec.image_size) or pixels.dtype != np.uint8:
         raise BundleError(f"bundle {manifest.version}: stored images have shape {pixels.shape[1:]}, expected 3x{spec.image_size}x{spec.image_size} uint8")
-    if labels.size and (labels.max() >= n_classes):
-        raise BundleError(f"bundle {manifest.version}: item labels exceed the {n_classes} class names")
+    if labels.size and (labels.max() >= n_classes or labels.min() < -1):
+        raise BundleError(f"bundle {manifest.version}: item labels must be -1 (none) or below {n_classes}")
     encoder.eval()
     classifier.eval()
     return LoadedBundle(manifest, encoder, classifier, index, labels, sources, pixels)

@@ -1,0 +1,36 @@
+# Two entry points, both doing all set-up on a fresh machine:
+#   make serve   install, train a quick model if none is published, serve on :8000
+#   make test    install, run the test suite
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+export SIMCLR_HOME ?= artifacts
+# The offline copy of CIFAR-10 when this checkout sits beside ../shared; torchvision's download otherwise.
+SIMCLR_DATA ?= $(if $(wildcard ../shared/datasets/cifar10-jpeg/train),../shared/datasets/cifar10-jpeg,cifar10)
+HOST ?= 0.0.0.0
+PORT ?= 8000
+
+.PHONY: install serve quick-model test clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet torch==2.14.1 torchvision==0.29.1 -e '.[dev]'
+	touch $@
+
+quick-model: install
+	@if [ -s "$(SIMCLR_HOME)/CURRENT" ]; then \
+		echo "model $$(cat $(SIMCLR_HOME)/CURRENT) is published; not training"; \
+	else \
+		$(BIN)/simclr refresh --preset quick --data "$(SIMCLR_DATA)" --home "$(SIMCLR_HOME)"; \
+	fi
+
+serve: quick-model
+	$(BIN)/simclr serve --home "$(SIMCLR_HOME)" --host $(HOST) --port $(PORT)
+
+test: install
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) *.egg-info

@@ -1,0 +1,22 @@
+"""``python -m service --home DIR --host H --port P``: the service without the ``simclr`` CLI."""
+
+from __future__ import annotations
+
+import argparse
+
+from service.app import run
+from service.settings import Settings
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m service", description="Serve the published SimCLR model over HTTP.")
+    parser.add_argument("--home", help="artifact home (default: $SIMCLR_HOME or ./artifacts)")
+    parser.add_argument("--host", help="interface to bind (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="port (default 8000)")
+    args = parser.parse_args(argv)
+    # Only what was given overrides the SIMCLR_* environment.
+    run(Settings(**{k: v for k, v in vars(args).items() if v is not None}))
+
+
+if __name__ == "__main__":
+    main()

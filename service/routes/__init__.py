@@ -1,0 +1,1 @@
+"""One APIRouter per concern; ``service.app`` includes them all."""

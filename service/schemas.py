@@ -1,0 +1,60 @@
+"""Response bodies. Declared as pydantic models so that /docs shows the real shapes."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+from training.artifacts import Manifest
+
+
+class ErrorResponse(BaseModel):
+    detail: str = Field(description="what was wrong with the request, or why the service cannot answer")
+
+
+class Prediction(BaseModel):
+    label: str
+    class_id: int
+    probability: float
+
+
+class ClassifyResponse(BaseModel):
+    model_version: str
+    predictions: list[Prediction] = Field(description="most probable first")
+
+
+class NeighborQuery(BaseModel):
+    id: int | None = Field(None, description="the indexed image asked about; null for an upload")
+
+
+class Neighbor(BaseModel):
+    id: int
+    label: str | None = Field(description="class name, null for an unlabelled item")
+    score: float = Field(description="inner product of unit embeddings = cosine similarity")
+    image_url: str
+    source: str
+
+
+class NeighborsResponse(BaseModel):
+    model_version: str
+    query: NeighborQuery
+    neighbors: list[Neighbor] = Field(description="most similar first")
+
+
+class Health(BaseModel):
+    status: str
+
+
+class Ready(BaseModel):
+    status: str
+    model_version: str
+
+
+class ModelInfo(Manifest):
+    """The served bundle's manifest, plus ``model_version`` like every other answer."""
+
+    model_version: str
+
+
+# For the `responses=` of routes, so /docs lists the error statuses too.
+def errors(*codes: int) -> dict[int | str, dict[str, object]]:
+    return {code: {"model": ErrorResponse} for code in codes}

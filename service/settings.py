@@ -1,0 +1,36 @@
+"""Service configuration: environment variables ``SIMCLR_*``, overridable in code or on the command line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Everything the service reads from its environment, in one validated place."""
+
+    model_config = SettingsConfigDict(env_prefix="SIMCLR_", extra="ignore")
+
+    home: Path = Field(Path("artifacts"), description="artifact home holding models/ and CURRENT")
+    host: str = "127.0.0.1"  # loopback by default: exposing the service is a deliberate choice
+    port: int = Field(8000, ge=0, le=65535)
+    max_upload_bytes: int = Field(10_000_000, gt=0, description="largest accepted upload, in bytes")
+    max_image_pixels: int = Field(40_000_000, gt=0, description="largest accepted image, width x height")
+    torch_threads: int | None = Field(None, gt=0, description="torch/FAISS threads; None keeps their default")
+    # NoDecode: accept "a,b" as well as JSON '["a","b"]' in SIMCLR_CORS_ORIGINS.
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list, description="empty = CORS closed")
+    log_level: str = "info"
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = value.strip()
+            if value.startswith("["):
+                return json.loads(value)
+            return [v.strip() for v in value.split(",") if v.strip()]
+        return value

@@ -1,0 +1,57 @@
+"""The bundle being served, swapped whole so that no request ever sees a half-loaded model.
+
+A request reads ``store.bundle`` once, at its start (see ``deps.get_bundle``), and
+uses only that reference until it answers. Replacing the attribute is a single
+assignment, atomic under the GIL, so a reload can swap bundles while requests
+are in flight: they finish on the old one, which is freed when the last of
+them lets go.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from training.artifacts import ArtifactHome, LoadedBundle, load_bundle
+
+log = logging.getLogger("service")
+
+NO_MODEL = "no model published yet; run `simclr refresh --data SRC --home DIR` to publish one"
+
+
+class ModelStore:
+    """Holds the current :class:`LoadedBundle` (or None) for one artifact home."""
+
+    def __init__(self, home: ArtifactHome) -> None:
+        self.home = home
+        self.bundle: LoadedBundle | None = None
+        self.error: str | None = None  # why the version CURRENT names is not the one served
+        self._tried: str | None = None  # the CURRENT value last loaded or attempted
+        self._lock = threading.Lock()  # two concurrent reloads would load the same bundle twice
+
+    def reload_if_changed(self) -> bool:
+        """Load and swap in the version CURRENT names, if it changed since the last try.
+
+        Blocking (reads weights and the index): call it off the event loop. A
+        version that fails to load is logged, kept in ``error`` and not retried
+        until CURRENT moves again; the previous bundle keeps serving. Returns
+        True when a new bundle was swapped in. Safe to call from a poller.
+        """
+        with self._lock:
+            version = self.home.current_version()
+            if version is None or version == self._tried:
+                return False
+            self._tried = version
+            try:
+                bundle = load_bundle(self.home.bundle_dir(version))
+            except Exception as e:  # noqa: BLE001 - BundleError mostly; a reload must never kill the service
+                self.error = f"model {version} could not be loaded: {e}"
+                log.error("%s; still serving %s", self.error, self.bundle.version if self.bundle else "nothing")
+                return False
+            self.bundle, self.error = bundle, None
+            log.info("serving model %s (%d indexed images)", version, bundle.index.ntotal)
+            return True
+
+    def unavailable_detail(self) -> str:
+        """What a 503 says when there is no bundle: the load error if there was one."""
+        return self.error or NO_MODEL

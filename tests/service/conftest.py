@@ -1,0 +1,96 @@
+"""A tiny real bundle (random-init weights, generated images: no training) and a real server over it.
+
+The server is the actual entry point, ``python -m service``, run as a subprocess
+and spoken to over TCP, so these tests see what a client sees: uvicorn, the
+lifespan, the middleware and the error handlers included.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import torch
+
+from index.embed import embed
+from index.faiss_index import build_index
+from training.artifacts import ArtifactHome, publish_bundle, sha256_file, write_index_dir
+from training.models import Classifier, EncoderSpec, build_encoder, feature_dim
+
+from service_testkit import CLASS_NAMES, MAX_IMAGE_PIXELS, MAX_UPLOAD_BYTES, Server, start_server, stop_server
+
+N_IMAGES = 200
+
+
+def make_images(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct 32x32 images: a random 4x4 colour layout blown up, plus noise; labels 0..9 in turn."""
+    rng = np.random.default_rng(seed)
+    coarse = rng.integers(0, 256, size=(n, 3, 4, 4)).astype(np.float32)
+    images = np.kron(coarse, np.ones((1, 1, 8, 8), dtype=np.float32)) + rng.normal(0, 20, size=(n, 3, 32, 32))
+    labels = np.arange(n) % len(CLASS_NAMES)
+    return np.clip(images, 0, 255).astype(np.uint8), labels
+
+
+@dataclass(frozen=True)
+class Bundle:
+    home: Path
+    version: str
+    images: np.ndarray  # (N, 3, 32, 32) uint8, as indexed
+    labels: np.ndarray
+
+
+@pytest.fixture(scope="session")
+def bundle(tmp_path_factory: pytest.TempPathFactory) -> Bundle:
+    torch.set_num_threads(1)  # the build machine's 2 cores are shared
+    torch.manual_seed(0)
+    work = tmp_path_factory.mktemp("run")
+    spec = EncoderSpec(arch="resnet18", width=8, image_size=32)
+    encoder = build_encoder(spec).eval()
+    encoder_file, classifier_file = work / "encoder.pt", work / "classifier.pt"
+    torch.save(encoder.state_dict(), encoder_file)
+    torch.save(Classifier(build_encoder(spec), feature_dim(spec), len(CLASS_NAMES)).state_dict(), classifier_file)
+    images, labels = make_images(N_IMAGES)
+    labels[-1] = -1  # one unlabelled item: its neighbours' label must come back null
+    index = build_index(embed(encoder, torch.from_numpy(images)))
+    write_index_dir(
+        work / "index",
+        index,
+        kind="IndexFlatIP",
+        encoder_fingerprint=sha256_file(encoder_file),
+        labels=labels.tolist(),
+        sources=[f"generated/{i:04d}.png" for i in range(N_IMAGES)],
+        pixels=images,
+    )
+    home = tmp_path_factory.mktemp("home")
+    version = publish_bundle(
+        ArtifactHome(home),
+        encoder_file=encoder_file,
+        classifier_file=classifier_file,
+        index_dir=work / "index",
+        spec=spec,
+        class_names=CLASS_NAMES,
+        metrics={"test_top1": 0.1},
+    )
+    return Bundle(home, version, images, labels)
+
+
+@pytest.fixture(scope="session")
+def server(bundle: Bundle, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    s = start_server(
+        bundle.home,
+        tmp_path_factory.mktemp("logs") / "server.log",
+        SIMCLR_MAX_UPLOAD_BYTES=str(MAX_UPLOAD_BYTES),
+        SIMCLR_MAX_IMAGE_PIXELS=str(MAX_IMAGE_PIXELS),
+    )
+    yield s
+    stop_server(s)
+
+
+@pytest.fixture(scope="session")
+def client(server: Server) -> Iterator[httpx.Client]:
+    with server.client() as c:
+        yield c

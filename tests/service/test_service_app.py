@@ -1,0 +1,69 @@
+"""In-process checks of what HTTP alone cannot reach: settings parsing, the 500 handler, CORS,
+and ModelStore's reload (the seam hot-reload builds on)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import anyio
+import httpx
+import pytest
+
+from service.app import create_app
+from service.settings import Settings
+from service.state import ModelStore
+from training.artifacts import ArtifactHome
+
+
+def test_settings_from_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    assert Settings().cors_origins == [] and Settings().max_upload_bytes == 10_000_000
+    monkeypatch.setenv("SIMCLR_HOME", str(tmp_path))
+    monkeypatch.setenv("SIMCLR_CORS_ORIGINS", "http://a.example, http://b.example")
+    monkeypatch.setenv("SIMCLR_TORCH_THREADS", "2")
+    s = Settings()
+    assert s.home == tmp_path and s.torch_threads == 2
+    assert s.cors_origins == ["http://a.example", "http://b.example"]
+    monkeypatch.setenv("SIMCLR_CORS_ORIGINS", '["http://c.example"]')
+    assert Settings().cors_origins == ["http://c.example"]
+    assert Settings(port=9000).port == 9000  # explicit values (the CLI's) win over the environment
+
+
+def test_bugs_are_json_500_and_cors(tmp_path: Path) -> None:
+    app = create_app(Settings(home=tmp_path, cors_origins=["http://ui.example"]))
+
+    @app.get("/boom")
+    async def boom() -> None:
+        raise RuntimeError("a genuine bug")
+
+    async def go() -> None:
+        # ServerErrorMiddleware answers the 500 and then re-raises (for the server's log): let it.
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            r = await client.get("/boom")
+            assert r.status_code == 500 and r.json() == {"detail": "internal server error"}
+            r = await client.get("/healthz", headers={"Origin": "http://ui.example"})
+            assert r.headers["access-control-allow-origin"] == "http://ui.example"
+
+    anyio.run(go)
+
+
+def test_store_keeps_serving_when_a_new_version_is_broken(bundle, tmp_path: Path) -> None:
+    home = ArtifactHome(tmp_path / "home")
+    shutil.copytree(bundle.home, home.root)  # never touch the home the running server uses
+    store = ModelStore(home)
+    assert store.reload_if_changed() and store.bundle is not None
+    good = store.bundle
+    assert not store.reload_if_changed() and store.bundle is good  # CURRENT unchanged: nothing loaded
+
+    broken = home.bundle_dir("broken")
+    shutil.copytree(home.bundle_dir(bundle.version), broken)
+    with open(broken / "encoder.pt", "ab") as f:
+        f.write(b"tampered")
+    home.set_current("broken")
+    assert not store.reload_if_changed()
+    assert store.bundle is good and "fingerprint" in (store.error or "")
+
+    home.set_current(bundle.version)
+    assert store.reload_if_changed() and store.bundle is not good and store.error is None
+    assert store.bundle.version == bundle.version
