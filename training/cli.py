@@ -55,15 +55,17 @@ def add_pretrain_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--epochs", type=positive_int, help=f"pretraining epochs (default: {P.epochs})")
     g.add_argument("--time-budget", type=duration, help="fit the schedule to this wall-clock time instead of epochs, e.g. 90m (default: none)")
     g.add_argument("--batch-size", type=positive_int, help=f"images per step, two views each (default: {P.batch_size})")
-    g.add_argument("--optimizer", choices=["adam", "sgd"], help=f"(default: {P.optimizer})")
+    g.add_argument("--optimizer", choices=["adam", "sgd", "lars"], help=f"sgd is Nesterov momentum (default: {P.optimizer})")
     g.add_argument("--lr", type=float, help=f"peak learning rate (default: {P.lr})")
     g.add_argument("--weight-decay", type=float, help=f"(default: {P.weight_decay})")
     g.add_argument("--temperature", type=float, help=f"NT-Xent temperature (default: {P.temperature})")
     g.add_argument("--proj-dim", type=positive_int, help=f"projection head output size (default: {P.proj_dim})")
     g.add_argument("--limit", type=positive_int, help="use at most N images of each split, a fixed random subset (default: all)")
     g.add_argument("--knn-bank", type=positive_int, help="train images in the kNN monitor's memory bank (default: all)")
+    g.add_argument("--knn-every", type=int, help=f"epochs between kNN accuracy checks, 0 for never (default: {P.knn_every})")
     g.add_argument("--seed", type=int, help=f"(default: {P.seed})")
     g.add_argument("--device", help=f"auto, cpu, cuda, cuda:1 (default: {P.device})")
+    g.add_argument("--sync-bn", action="store_true", default=None, help="SyncBatchNorm across torchrun processes (default: off)")
 
 
 def add_finetune_flags(p: argparse.ArgumentParser, prefix: str = "") -> None:
@@ -104,7 +106,8 @@ def cmd_pretrain(a: argparse.Namespace) -> None:
         pretrain.main(run_config(run), home, run)
     else:
         run = pretrain.main(pretrain_config(a), home)
-    print(f"run: {run.dir}")
+    if run is not None:  # None on torchrun's other ranks
+        print(f"run: {run.dir}")
 
 
 def cmd_finetune(a: argparse.Namespace) -> None:
@@ -140,6 +143,8 @@ def cmd_refresh(a: argparse.Namespace) -> None:
 
     home = ArtifactHome(a.home)
     run = pretrain.main(pretrain_config(a), home)
+    if run is None:  # torchrun's other ranks: rank 0 fine-tunes, indexes and publishes
+        return
     finetune.main(finetune_config(a), home, run)
     build.main(home, run, limit=a.limit)
     version = publish_run(home, run)
@@ -206,11 +211,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     from training.data import DataError
+    from training.pretrain import Interrupted
 
     try:
         args.func(args)
     except (DataError, FileNotFoundError, ValueError) as e:
         sys.exit(f"simclr {args.command}: error: {e}")
+    except Interrupted as e:
+        print(f"simclr {args.command}: {e}", file=sys.stderr)
+        sys.exit(130)
     except KeyboardInterrupt:
         sys.exit(130)
 

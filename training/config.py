@@ -29,9 +29,11 @@ class PretrainConfig:
     knn_k: int = 200
     knn_temperature: float = 0.1
     knn_bank: int | None = None  # train images in the kNN memory bank (None: all)
+    knn_every: int = 1  # epochs between kNN evaluations (0: never)
     seed: int = 0
     device: str = "auto"
     channels_last: bool = True
+    sync_bn: bool = False  # SyncBatchNorm across torchrun processes
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -49,8 +49,12 @@ def train_one_epoch(
     n_batches = max(1, len(data) // cfg.batch_size)  # small labelled sets still get a step
     loss_sum = torch.zeros((), device=device)
     for i in range(n_batches):
+        progress = progress_at()
+        if progress >= 1 and i > 0:  # a time budget ends mid-epoch, not an epoch late
+            n_batches = i
+            break
         for group in optimizer.param_groups:
-            group["lr"] = cfg.lr * warmup_cosine(progress_at(), 0.0)
+            group["lr"] = cfg.lr * warmup_cosine(progress, 0.0)
         idx = order[i * cfg.batch_size : (i + 1) * cfg.batch_size]
         x = crop_flip(data.images[idx], generator=generator).contiguous(memory_format=torch.channels_last)
         with autocast(device):

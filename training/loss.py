@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
+import torch.distributed.nn.functional as dist_fn
 import torch.nn.functional as F
 
 
+def _gather(z: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """All ranks' rows of ``z`` (gradient-preserving: backward sends each rank its rows' gradient) and this rank."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return z, 0
+    return torch.cat(dist_fn.all_gather(z)), dist.get_rank()
+
+
 def nt_xent_loss(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5) -> torch.Tensor:
-    """Mean NT-Xent over the 2N views of a batch.
+    """Mean NT-Xent over the 2N views of a batch; under torch.distributed, of the global batch.
 
     Args:
         z1, z2: ``(N, D)`` projections of the two views; row i of each comes from image i.
@@ -15,16 +24,24 @@ def nt_xent_loss(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5) -
 
     For view i with positive j, "the loss function for a positive pair of examples (i, j)":
     ``l(i, j) = -log( exp(s_ij / tau) / sum_{k != i} exp(s_ik / tau) )`` with ``s`` the
-    cosine similarity; the 2(N-1) other views of the batch are the negatives. For
-    identical embeddings every logit is equal, so the loss is ``log(2N - 1)``.
+    cosine similarity; every other view in the batch is a negative. With several
+    processes, each rank scores its own rows against the views of all ranks (so
+    the negatives are global) and DDP's gradient averaging makes the result equal
+    to one process on the whole batch. For identical embeddings every logit is
+    equal, so the loss is ``log(2N - 1)``.
     """
     if z1.shape != z2.shape or z1.ndim != 2:
         raise ValueError(f"z1 and z2 must both be (N, D), got {tuple(z1.shape)} and {tuple(z2.shape)}")
     n = z1.shape[0]
-    z = F.normalize(torch.cat([z1, z2]).float(), dim=1)
-    logits = z @ z.T / temperature
-    # A view is never its own negative: -inf on the diagonal drops it from the softmax.
-    self_mask = torch.eye(2 * n, dtype=torch.bool, device=z.device)
-    logits = logits.masked_fill(self_mask, float("-inf"))
-    targets = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(z.device)
-    return F.cross_entropy(logits, targets)
+    z1, z2 = F.normalize(z1.float(), dim=1), F.normalize(z2.float(), dim=1)
+    all1, rank = _gather(z1)
+    all2, _ = _gather(z2)
+    total = all1.shape[0]
+    logits = torch.cat([z1, z2]) @ torch.cat([all1, all2]).T / temperature  # (2n, 2N)
+    mine = torch.arange(n, device=z1.device) + rank * n  # this rank's images among the N
+    self_cols = torch.cat([mine, mine + total])
+    positive_cols = torch.cat([mine + total, mine])
+    # A view is never its own negative: -inf at its own column drops it from the softmax.
+    self_mask = torch.zeros_like(logits, dtype=torch.bool)
+    self_mask[torch.arange(2 * n, device=z1.device), self_cols] = True
+    return F.cross_entropy(logits.masked_fill(self_mask, float("-inf")), positive_cols)

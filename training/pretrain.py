@@ -3,16 +3,23 @@
 The whole split lives on the training device as uint8; every step indexes a
 batch, makes two views with batched augmentations and runs one forward pass
 over both (2B images), so BatchNorm sees both views as SimCLR does.
+
+Under ``torchrun`` each rank takes its slice of every global batch (the same
+shuffled order on all ranks), and NT-Xent gathers the projections of all ranks,
+so the negatives and the effective batch are global.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import signal
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from types import FrameType
 
 import torch
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from training.artifacts import ArtifactHome, RunPaths
@@ -20,29 +27,70 @@ from training.atomic import atomic_torch_save, atomic_write_json
 from training.augment import simclr_views
 from training.config import PretrainConfig
 from training.data import ImageSet, has_split, load_split
+from training.distributed import DistEnv, any_rank, barrier, init_distributed, shutdown
 from training.evaluate import features, weighted_knn_predict
+from training.lars import LARS
 from training.loss import nt_xent_loss
 from training.models import EncoderSpec, SimCLRModel
-from training.runtime import autocast, param_groups, pick_device, set_threads, warmup_cosine
+from training.runtime import autocast, param_groups, set_threads, warmup_cosine
+
+
+class Interrupted(RuntimeError):
+    """Training stopped on SIGTERM/SIGINT after writing a checkpoint."""
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be resumed; the message says why."""
 
 
 @dataclass
 class Progress:
-    """Where a run is: saved in checkpoints so a resumed run continues the schedule."""
+    """Where a run is; saved in checkpoints so a resumed run continues exactly."""
 
-    epoch: int = 0
-    step: int = 0
+    epoch: int = 0  # completed epochs
+    step: int = 0  # optimizer steps
+    batch: int = 0  # batches done in the current, unfinished epoch
     train_seconds: float = 0.0
     history: list[dict[str, float]] = field(default_factory=list)
 
 
+class StopRequest:
+    """SIGTERM/SIGINT set a flag; the loop finishes its step, checkpoints and stops."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: dict[int, object] = {}
+
+    def __enter__(self) -> StopRequest:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: leave signals alone
+                pass
+        return self
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.requested:  # a second Ctrl-C stops at once
+            raise KeyboardInterrupt
+        self.requested = True
+        tqdm.write(f"{signal.Signals(signum).name}: stopping after this step and writing a checkpoint")
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)  # type: ignore[arg-type]
+
+
 def build_optimizer(model: torch.nn.Module, cfg: PretrainConfig) -> torch.optim.Optimizer:
+    """Adam (the seed's), SGD with Nesterov momentum, or LARS; no weight decay on norms and biases."""
     groups = param_groups(model, cfg.weight_decay)
     if cfg.optimizer == "adam":
         return torch.optim.Adam(groups, lr=cfg.lr)
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
-    raise ValueError(f"unknown optimizer {cfg.optimizer!r}; choose adam or sgd")
+    if cfg.optimizer == "lars":
+        groups[1]["adapt"] = False  # SimCLR excludes biases and BatchNorm from LARS adaptation
+        return LARS(groups, lr=cfg.lr, momentum=cfg.momentum)
+    raise ValueError(f"unknown optimizer {cfg.optimizer!r}; choose adam, sgd or lars")
 
 
 def schedule_progress(cfg: PretrainConfig, p: Progress, steps_per_epoch: int) -> float:
@@ -53,29 +101,32 @@ def schedule_progress(cfg: PretrainConfig, p: Progress, steps_per_epoch: int) ->
 
 
 def train_one_epoch(
-    model: SimCLRModel,
+    model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
     images: torch.Tensor,
+    order: torch.Tensor,
     cfg: PretrainConfig,
     p: Progress,
-    generator: torch.Generator,
-    deadline: float | None,
+    augment_rng: torch.Generator,
+    env: DistEnv,
+    stop: StopRequest,
 ) -> dict[str, float]:
-    """One pass over ``images`` (uint8, on the device) in shuffled batches; returns mean loss and views/s."""
+    """Batches ``p.batch ..`` of one pass over ``images`` in ``order``; stops early on a signal or the time budget."""
     model.train()
     device = images.device
     n_batches = len(images) // cfg.batch_size
-    order = torch.randperm(len(images), device=device, generator=generator)
+    local = cfg.batch_size // env.world_size
     loss_sum = torch.zeros((), device=device)  # summed on-device: no host sync per step
-    done = 0
+    done, lr = 0, 0.0
     t0 = prev = time.perf_counter()
-    bar = tqdm(range(n_batches), desc=f"epoch {p.epoch + 1}", unit="step", leave=False)
+    bar = tqdm(range(p.batch, n_batches), desc=f"epoch {p.epoch + 1}", unit="step", leave=False, disable=not env.is_main)
     for i in bar:
         lr = cfg.lr * warmup_cosine(schedule_progress(cfg, p, n_batches), cfg.warmup)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        batch = images[order[i * cfg.batch_size : (i + 1) * cfg.batch_size]]
-        views = torch.cat([simclr_views(batch, generator), simclr_views(batch, generator)])
+        start = i * cfg.batch_size + env.rank * local
+        batch = images[order[start : start + local]]
+        views = torch.cat([simclr_views(batch, augment_rng), simclr_views(batch, augment_rng)])
         if cfg.channels_last:
             views = views.contiguous(memory_format=torch.channels_last)
         with autocast(device):
@@ -88,52 +139,72 @@ def train_one_epoch(
         loss_sum += loss.detach()
         done += 1
         p.step += 1
+        p.batch = i + 1
         now = time.perf_counter()
         p.train_seconds += now - prev
         prev = now
-        if i % 10 == 0:
+        if env.is_main and i % 10 == 0 and device.type == "cpu":  # .item() would sync a GPU every step
             bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.3g}")
-        if deadline is not None and p.train_seconds >= deadline:
+        out_of_time = bool(cfg.time_budget) and p.train_seconds >= cfg.time_budget
+        # Ranks must agree on the step they stop at; asking costs an all-reduce, so not every step.
+        if (not env.enabled or i % 10 == 0) and any_rank(stop.requested or out_of_time, env, device):
             break
     bar.close()
     elapsed = time.perf_counter() - t0
     return {
         "loss": (loss_sum / max(done, 1)).item(),
-        "lr": lr if done else 0.0,
+        "lr": lr,
         "steps": done,
-        "views_per_s": 2 * done * cfg.batch_size / max(elapsed, 1e-9),
+        "views_per_s": 2 * done * cfg.batch_size / max(elapsed, 1e-9),  # global views: all ranks
     }
 
 
 def knn_monitor(encoder: torch.nn.Module, bank: ImageSet, test: ImageSet, cfg: PretrainConfig) -> float:
-    """Weighted kNN top-1 on the test split with train images as the memory bank."""
+    """Weighted kNN top-1 (k=200, T=0.1 by default) on the test split with train images as the memory bank."""
     device = bank.images.device
-    bank_feats = features(encoder, bank.images, device=device)
-    test_feats = features(encoder, test.images, device=device)
     scores = weighted_knn_predict(
-        bank_feats,
+        features(encoder, bank.images, device=device),
         bank.labels.to(device),
-        test_feats,
+        features(encoder, test.images, device=device),
         n_classes=len(bank.classes),
         k=cfg.knn_k,
         temperature=cfg.knn_temperature,
     )
-    return (scores.argmax(1).cpu() == test.labels).float().mean().item()
+    return (scores.argmax(1).cpu() == test.labels.cpu()).float().mean().item()
 
 
-def save_checkpoint(run: RunPaths, model: SimCLRModel, optimizer: torch.optim.Optimizer, cfg: PretrainConfig, p: Progress, generator: torch.Generator) -> None:
+def save_checkpoint(run: RunPaths, model: SimCLRModel, optimizer: torch.optim.Optimizer, cfg: PretrainConfig,
+                    p: Progress, order: torch.Tensor, rngs: dict[str, torch.Generator]) -> None:
     atomic_torch_save(
         {
             "config": cfg.as_dict(),
             "model": model.state_dict(),
             "optimizer": optimizer.state_dict(),
-            "progress": {"epoch": p.epoch, "step": p.step, "train_seconds": p.train_seconds, "history": p.history},
-            "rng": {"torch": torch.get_rng_state(), "generator": generator.get_state()},
+            "progress": asdict(p),
+            "order": order.cpu(),
+            "rng": {name: g.get_state() for name, g in rngs.items()},
         },
         run.checkpoint,
     )
     # The encoder alone is what fine-tuning, indexing and the bundle use.
     atomic_torch_save(model.encoder.state_dict(), run.encoder)
+
+
+def load_checkpoint(run: RunPaths, cfg: PretrainConfig, device: torch.device) -> dict[str, object]:
+    """The run's checkpoint, refused with a clear message if unreadable or made with another config."""
+    try:
+        ckpt = torch.load(run.checkpoint, map_location=device, weights_only=True)
+    except Exception as e:  # noqa: BLE001 - torch raises many kinds for a damaged file
+        raise CheckpointError(
+            f"checkpoint {run.checkpoint} is unreadable (corrupt or truncated: {type(e).__name__}); "
+            "delete it to restart the run from scratch"
+        ) from e
+    if not isinstance(ckpt, dict) or not {"config", "model", "optimizer", "progress", "order", "rng"} <= ckpt.keys():
+        raise CheckpointError(f"{run.checkpoint} is not a pretraining checkpoint of this version")
+    if ckpt["config"] != cfg.as_dict():
+        diff = {k: (ckpt["config"].get(k), v) for k, v in cfg.as_dict().items() if ckpt["config"].get(k) != v}
+        raise CheckpointError(f"checkpoint {run.checkpoint} was made with another config (saved, given): {diff}")
+    return ckpt
 
 
 def plot_loss(run: RunPaths, history: list[dict[str, float]]) -> None:
@@ -157,61 +228,95 @@ def plot_loss(run: RunPaths, history: list[dict[str, float]]) -> None:
     plt.close(fig)
 
 
-def main(cfg: PretrainConfig, home: ArtifactHome, run: RunPaths | None = None) -> RunPaths:
-    """Pretrain (or resume ``run``) and return the run's paths. Writes a checkpoint every epoch."""
+def main(cfg: PretrainConfig, home: ArtifactHome, run: RunPaths | None = None) -> RunPaths | None:
+    """Pretrain, or resume ``run`` from its checkpoint; returns the run (None on ranks other than 0, which write nothing)."""
     set_threads()
-    device = pick_device(cfg.device)
+    env, device = init_distributed(cfg.device)
+    if cfg.batch_size % env.world_size:
+        raise ValueError(f"--batch-size {cfg.batch_size} must divide evenly over {env.world_size} processes")
     torch.manual_seed(cfg.seed)
-    generator = torch.Generator(device=device).manual_seed(cfg.seed)
+    order_rng = torch.Generator(device=device).manual_seed(cfg.seed)  # same on every rank
+    augment_rng = torch.Generator(device=device).manual_seed(cfg.seed + 1 + env.rank)  # independent per rank
+    rngs = {"order": order_rng, "augment": augment_rng}
+
     train = load_split(cfg.data, "train", data_dir=home.data, image_size=cfg.image_size, limit=cfg.limit, seed=cfg.seed)
     if len(train) < cfg.batch_size:
         raise ValueError(f"{len(train)} training images is fewer than one batch ({cfg.batch_size}); lower --batch-size")
-    test = None
-    if has_split(cfg.data, "test") and train.labelled:
+    test = bank = None
+    if env.is_main and has_split(cfg.data, "test") and train.labelled:
         test = load_split(cfg.data, "test", data_dir=home.data, image_size=cfg.image_size, limit=cfg.limit, seed=cfg.seed)
-    images = train.images.to(device)
-    bank = train
-    if cfg.knn_bank is not None and cfg.knn_bank < len(train):
-        keep = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.seed))[: cfg.knn_bank]
-        bank = ImageSet(train.images[keep], train.labels[keep], train.classes, [])
-    bank = ImageSet(bank.images.to(device), bank.labels, bank.classes, [])
-    if test is not None:
         test = ImageSet(test.images.to(device), test.labels, test.classes, [])
+        keep = torch.arange(len(train))
+        if cfg.knn_bank is not None and cfg.knn_bank < len(train):
+            keep = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.seed))[: cfg.knn_bank]
+        bank = ImageSet(train.images[keep].to(device), train.labels[keep], train.classes, [])
+    images = train.images.to(device)
 
-    model = SimCLRModel(EncoderSpec(cfg.arch, cfg.width, cfg.image_size), cfg.proj_dim).to(device)
+    model = SimCLRModel(EncoderSpec(cfg.arch, cfg.width, cfg.image_size), cfg.proj_dim)
+    if env.enabled and cfg.sync_bn:
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model = model.to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model, cfg)
-    p = Progress()
+    p, order = Progress(), None
     if run is None:
-        run = home.new_run()
-        atomic_write_json(run.config, {"pretrain": cfg.as_dict()})
+        run = home.new_run() if env.is_main else None
+        if env.is_main:
+            atomic_write_json(run.config, {"pretrain": cfg.as_dict()})
     elif run.checkpoint.exists():
-        ckpt = torch.load(run.checkpoint, map_location=device, weights_only=False)
-        if ckpt["config"] != cfg.as_dict():
-            raise ValueError(f"checkpoint in {run.dir} was made with another config; resume with the same flags")
+        ckpt = load_checkpoint(run, cfg, device)
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         p = Progress(**ckpt["progress"])
-        torch.set_rng_state(ckpt["rng"]["torch"])
-        generator.set_state(ckpt["rng"]["generator"])
+        order = ckpt["order"].to(device) if p.batch else None
+        for name, g in rngs.items():
+            g.set_state(ckpt["rng"][name])
+    trained = DistributedDataParallel(model) if env.enabled else model
 
     steps_per_epoch = len(images) // cfg.batch_size
     max_epochs = math.inf if cfg.time_budget else cfg.epochs
-    print(f"pretraining {cfg.arch} (width {cfg.width}) on {len(train)} images, {device}, run {run.run_id}")
-    while p.epoch < max_epochs and schedule_progress(cfg, p, steps_per_epoch) < 1:
-        stats = train_one_epoch(model, optimizer, images, cfg, p, generator, cfg.time_budget)
-        p.epoch += 1
-        record: dict[str, float] = {"epoch": p.epoch, "step": p.step, **stats, "train_seconds": p.train_seconds}
-        if test is not None:
-            t = time.perf_counter()
-            record["knn_top1"] = knn_monitor(model.encoder, bank, test, cfg)
-            p.train_seconds += time.perf_counter() - t if cfg.time_budget else 0.0
-        p.history.append(record)
-        with open(run.metrics, "a") as f:
-            f.write(json.dumps(record) + "\n")
-        save_checkpoint(run, model, optimizer, cfg, p, generator)
-        knn = f", kNN top-1 {record['knn_top1']:.1%}" if "knn_top1" in record else ""
-        tqdm.write(f"epoch {p.epoch}: loss {stats['loss']:.4f}, {stats['views_per_s']:.0f} views/s{knn}")
-    plot_loss(run, p.history)
+    if env.is_main:
+        print(f"pretraining {cfg.arch} (width {cfg.width}) on {len(train)} images, {env.world_size} x {device}, run {run.run_id}")
+    try:
+        with StopRequest() as stop:
+            while p.epoch < max_epochs and schedule_progress(cfg, p, steps_per_epoch) < 1 and not stop.requested:
+                if order is None:
+                    order = torch.randperm(len(images), device=device, generator=order_rng)
+                stats = train_one_epoch(trained, optimizer, images, order, cfg, p, augment_rng, env, stop)
+                if p.batch < steps_per_epoch and not (cfg.time_budget and p.train_seconds >= cfg.time_budget):
+                    break  # interrupted mid-epoch: checkpoint below, with the position in this epoch
+                p.epoch, p.batch, order = p.epoch + 1, 0, None
+                if env.is_main:
+                    record = end_of_epoch(run, model, cfg, p, stats, bank, test)
+                    knn = f", kNN top-1 {record['knn_top1']:.1%}" if "knn_top1" in record else ""
+                    tqdm.write(f"epoch {p.epoch}: loss {stats['loss']:.4f}, {stats['views_per_s']:.0f} views/s{knn}")
+                    save_checkpoint(run, model, optimizer, cfg, p, torch.zeros(0), rngs)
+                barrier(env)
+            if stop.requested:
+                if env.is_main:
+                    save_checkpoint(run, model, optimizer, cfg, p, order if order is not None else torch.zeros(0), rngs)
+                raise Interrupted(f"stopped at epoch {p.epoch} batch {p.batch}; continue with "
+                                  f"`simclr pretrain --home {home.root} --resume {run.run_id if run else '?'}`")
+    finally:
+        shutdown(env)
+    if env.is_main:
+        plot_loss(run, p.history)
     return run
+
+
+def end_of_epoch(run: RunPaths, model: SimCLRModel, cfg: PretrainConfig, p: Progress, stats: dict[str, float],
+                 bank: ImageSet | None, test: ImageSet | None) -> dict[str, float]:
+    """Log the epoch (JSONL) with its kNN accuracy; the kNN time counts against a time budget."""
+    record: dict[str, float] = {"epoch": p.epoch, "step": p.step, **stats}
+    last = not cfg.time_budget and p.epoch == cfg.epochs
+    if bank is not None and test is not None and cfg.knn_every and (p.epoch % cfg.knn_every == 0 or last):
+        t = time.perf_counter()
+        record["knn_top1"] = knn_monitor(model.encoder, bank, test, cfg)
+        if cfg.time_budget:
+            p.train_seconds += time.perf_counter() - t
+    record["train_seconds"] = p.train_seconds
+    p.history.append(record)
+    with open(run.metrics, "a") as f:
+        f.write(json.dumps(record) + "\n")
+    return record

@@ -1,0 +1,115 @@
+"""Checkpoints: straight runs equal interrupted-and-resumed ones; bad checkpoints are refused; budgets hold."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from training import pretrain
+from training.artifacts import ArtifactHome
+from training.config import PretrainConfig
+from training.pretrain import CheckpointError, Interrupted
+
+
+def tiny_config(data: Path, **kw: object) -> PretrainConfig:
+    base = {"data": str(data), "width": 8, "batch_size": 100, "epochs": 3, "proj_dim": 16, "temperature": 0.2, "knn_bank": 100}
+    return PretrainConfig(**{**base, **kw})
+
+
+def encoder_weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    return torch.load(run_dir / "encoder.pt", weights_only=True)
+
+
+def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5, msg=k)
+
+
+@pytest.fixture(scope="module")
+def straight(tiny_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    home = ArtifactHome(tmp_path_factory.mktemp("straight"))
+    return pretrain.main(tiny_config(tiny_folder), home).dir
+
+
+def test_stop_mid_epoch_then_resume_equals_straight_run(
+    straight: Path, tiny_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    home = ArtifactHome(tmp_path)
+    cfg = tiny_config(tiny_folder)
+    steps = {"n": 0}
+    original = pretrain.nt_xent_loss
+
+    def loss_then_sigterm(*args: object, **kw: object) -> torch.Tensor:
+        steps["n"] += 1
+        if steps["n"] == 6:  # epoch 2, batch 2 of 4
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original(*args, **kw)
+
+    monkeypatch.setattr(pretrain, "nt_xent_loss", loss_then_sigterm)
+    with pytest.raises(Interrupted, match="--resume"):
+        pretrain.main(cfg, home)
+    run = home.run()
+    ckpt = torch.load(run.checkpoint, weights_only=True)
+    assert (ckpt["progress"]["epoch"], ckpt["progress"]["batch"]) == (1, 2)
+    monkeypatch.setattr(pretrain, "nt_xent_loss", original)
+    pretrain.main(cfg, home, run)
+    assert_same_weights(encoder_weights(run.dir), encoder_weights(straight))
+    history = [json.loads(line) for line in run.metrics.read_text().splitlines()]
+    assert [h["epoch"] for h in history] == [1, 2, 3]
+
+
+def test_sigkill_then_resume_equals_straight_run(straight: Path, tiny_folder: Path, tmp_path: Path) -> None:
+    cmd = [sys.executable, "-m", "training.cli", "pretrain", "--home", str(tmp_path), "--data", str(tiny_folder),
+           "--width", "8", "--batch-size", "100", "--epochs", "3", "--proj-dim", "16", "--temperature", "0.2",
+           "--knn-bank", "100"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not list(tmp_path.glob("runs/*/checkpoint.pt")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.kill()  # SIGKILL: no handler runs, whatever step it was in
+    proc.wait()
+    run_id = next(tmp_path.glob("runs/*")).name
+    epochs_done = torch.load(tmp_path / "runs" / run_id / "checkpoint.pt", weights_only=True)["progress"]["epoch"]
+    assert epochs_done >= 1
+    r = subprocess.run([sys.executable, "-m", "training.cli", "pretrain", "--home", str(tmp_path), "--resume", run_id],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert_same_weights(encoder_weights(tmp_path / "runs" / run_id), encoder_weights(straight))
+
+
+def test_corrupt_checkpoint_is_refused(straight: Path, tiny_folder: Path, tmp_path: Path) -> None:
+    home = ArtifactHome(tmp_path)
+    run = home.new_run()
+    data = (straight / "checkpoint.pt").read_bytes()
+    run.checkpoint.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="unreadable"):
+        pretrain.main(tiny_config(tiny_folder), home, run)
+
+
+def test_checkpoint_from_another_config_is_refused(straight: Path, tiny_folder: Path, tmp_path: Path) -> None:
+    home = ArtifactHome(tmp_path)
+    run = home.new_run()
+    run.checkpoint.write_bytes((straight / "checkpoint.pt").read_bytes())
+    with pytest.raises(CheckpointError, match="another config.*width"):
+        pretrain.main(tiny_config(tiny_folder, width=16), home, run)
+
+
+def test_time_budget_stops_on_time(tiny_folder: Path, tmp_path: Path) -> None:
+    budget = 6.0
+    t = time.perf_counter()
+    run = pretrain.main(tiny_config(tiny_folder, epochs=1000, time_budget=budget), ArtifactHome(tmp_path))
+    wall = time.perf_counter() - t
+    history = [json.loads(line) for line in run.metrics.read_text().splitlines()]
+    # It stops after the step that crosses the budget (steps here take well under a second).
+    assert budget <= history[-1]["train_seconds"] < budget + 3
+    assert wall < budget + 20  # plus data loading, model set-up and the final plot
+    assert history[-1]["lr"] < 0.05 * tiny_config(tiny_folder).lr  # the cosine reached its end
