@@ -10,7 +10,8 @@ SIMCLR_DATA ?= $(if $(wildcard ../shared/datasets/cifar10-jpeg/train),../shared/
 HOST ?= 0.0.0.0
 PORT ?= 8000
 
-.PHONY: install serve quick-model test clean
+.PHONY: install browser serve quick-model test clean
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
 install: $(VENV)/.installed
 
@@ -29,7 +30,13 @@ quick-model: install
 serve: quick-model
 	$(BIN)/simclr serve --home "$(SIMCLR_HOME)" --host $(HOST) --port $(PORT)
 
-test: install
+# The web-page test drives Debian's Chromium (test tools' own browser downloads fail offline).
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+		echo "installing Debian's chromium and chromium-driver for the web-page test"; \
+		$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium chromium-driver; }
+
+test: install browser
 	$(BIN)/python -m pytest -q
 
 clean:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import logging
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import faiss
 import torch
@@ -14,16 +17,22 @@ from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
+from service import metrics
+from service.batching import Batcher, Batchers
 from service.limits import BodyLimitMiddleware
-from service.routes import classify, health, images, neighbors
+from service.metrics import Metrics, MetricsMiddleware
+from service.routes import admin, classify, health, images, neighbors
 from service.settings import Settings
 from service.state import ModelStore
 from training.artifacts import ArtifactHome
 
 log = logging.getLogger("service")
+
+STATIC = Path(__file__).parent / "static"
 
 _WHERE = {"query": "query parameter", "path": "path parameter", "body": "form field", "header": "header"}
 
@@ -51,21 +60,55 @@ async def unhandled_error(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": "internal server error"}, status_code=500)
 
 
+async def poll_current(store: ModelStore, interval: float) -> None:
+    """Follow CURRENT: a newly published version is loaded off the event loop and swapped in."""
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await run_in_threadpool(store.reload_if_changed)
+        except Exception:  # noqa: BLE001 - the poller must outlive any one bad read
+            log.exception("checking for a new model failed")
+
+
+def set_threads(n: int | None) -> None:
+    """torch's and FAISS's thread counts, for the calling thread (OpenMP settings are per thread)."""
+    if n:
+        torch.set_num_threads(n)
+        faiss.omp_set_num_threads(n)
+
+
+def make_batchers(settings: Settings, app_metrics: Metrics | None = None) -> Batchers:
+    """The model's batchers. One thread runs every forward pass, with ``settings.torch_threads``."""
+    executor = ThreadPoolExecutor(1, thread_name_prefix="model", initializer=set_threads, initargs=(settings.torch_threads,))
+    size, wait = settings.max_batch_size, settings.max_batch_wait_ms / 1000
+    fns = {"classify": classify.class_probabilities, "neighbors": neighbors.embed_and_search}
+    return Batchers(
+        {
+            kind: Batcher(fn, executor, max_size=size, max_wait=wait, on_batch=app_metrics.batch_observer(kind) if app_metrics else None)
+            for kind, fn in fns.items()
+        },
+        executor,
+    )
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """The app over ``settings.home``. Cheap: the bundle is loaded by the lifespan, at startup."""
     settings = settings or Settings()
     store = ModelStore(ArtifactHome(settings.home))
+    app_metrics = Metrics(store)
+    batchers = make_batchers(settings, app_metrics)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        if settings.torch_threads:
-            # Per process, so here rather than at import; FAISS has its own OpenMP pool.
-            torch.set_num_threads(settings.torch_threads)
-            faiss.omp_set_num_threads(settings.torch_threads)
+        set_threads(settings.torch_threads)  # per process, so here rather than at import
         await run_in_threadpool(store.reload_if_changed)
         if store.bundle is None:
             log.warning("not ready: %s", store.unavailable_detail())
+        poller = asyncio.create_task(poll_current(store, settings.reload_interval)) if settings.reload_interval > 0 else None
         yield
+        if poller is not None:
+            poller.cancel()
+        await batchers.close()
 
     app = FastAPI(
         title="SimCLR image embeddings",
@@ -75,6 +118,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.store = store
+    app.state.metrics = app_metrics
+    app.state.batchers = batchers
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(Exception, unhandled_error)
     app.add_middleware(BodyLimitMiddleware, max_upload_bytes=settings.max_upload_bytes)
@@ -82,8 +127,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.add_middleware(
             CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"], allow_headers=["*"]
         )
-    for module in (health, classify, neighbors, images):
+    app.add_middleware(MetricsMiddleware, metrics=app_metrics)  # added last = outermost: sees every answer
+    for module in (health, classify, neighbors, images, admin, metrics):
         app.include_router(module.router)
+
+    @app.get("/", include_in_schema=False)
+    async def page() -> FileResponse:
+        """The web page: upload or pick an image, see its classes and nearest neighbours."""
+        return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app
 
 

@@ -8,6 +8,7 @@ from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request
 
+from service.batching import Batchers
 from service.settings import Settings
 from service.state import ModelStore
 from training.artifacts import LoadedBundle
@@ -21,8 +22,13 @@ async def get_store(request: Request) -> ModelStore:
     return request.app.state.store
 
 
+async def get_batchers(request: Request) -> Batchers:
+    return request.app.state.batchers
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 StoreDep = Annotated[ModelStore, Depends(get_store)]
+BatchersDep = Annotated[Batchers, Depends(get_batchers)]
 
 
 async def get_bundle(store: StoreDep) -> LoadedBundle:

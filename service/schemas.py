@@ -47,6 +47,15 @@ class Health(BaseModel):
 class Ready(BaseModel):
     status: str
     model_version: str
+    last_error: str | None = Field(
+        None, description="why the version CURRENT names is not served (the served one keeps answering); null if none"
+    )
+
+
+class ReloadResult(BaseModel):
+    model_version: str | None = Field(description="the version served after the check; null if none")
+    reloaded: bool = Field(description="a new version was loaded and swapped in by this call")
+    last_error: str | None = Field(description="why the version CURRENT names could not be loaded; null if none")
 
 
 class ModelInfo(Manifest):

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -23,7 +23,20 @@ class Settings(BaseSettings):
     torch_threads: int | None = Field(None, gt=0, description="torch/FAISS threads; None keeps their default")
     # NoDecode: accept "a,b" as well as JSON '["a","b"]' in SIMCLR_CORS_ORIGINS.
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list, description="empty = CORS closed")
+    reload_interval: float = Field(2.0, ge=0, description="seconds between checks of CURRENT for a new model; 0 = never")
+    max_batch_size: int = Field(32, ge=1, description="most images in one forward pass (dynamic batching)")
+    max_batch_wait_ms: float = Field(5.0, ge=0, description="how long a batch waits for more requests to join, in ms")
+    # Bearer token for /admin/*; unset (or empty) = admin endpoints disabled (403).
+    admin_token: SecretStr | None = Field(None, description="bearer token of /admin/*; unset = admin disabled")
     log_level: str = "info"
+
+    @field_validator("admin_token", mode="before")
+    @classmethod
+    def _blank_token_is_none(cls, value: Any) -> Any:
+        # SIMCLR_ADMIN_TOKEN="" (compose's ${SIMCLR_ADMIN_TOKEN:-}) must disable admin, not accept an empty token.
+        if isinstance(value, str) and not value.strip():
+            return None
+        return value
 
     @field_validator("cors_origins", mode="before")
     @classmethod

@@ -26,29 +26,37 @@ class ModelStore:
         self.home = home
         self.bundle: LoadedBundle | None = None
         self.error: str | None = None  # why the version CURRENT names is not the one served
+        self.refused_version: str | None = None  # the version ``error`` is about
+        self.reloads = 0  # bundles swapped in (the first load included), for /metrics
+        self.refusals = 0  # versions refused because they failed to load, for /metrics
         self._tried: str | None = None  # the CURRENT value last loaded or attempted
         self._lock = threading.Lock()  # two concurrent reloads would load the same bundle twice
 
-    def reload_if_changed(self) -> bool:
+    def reload_if_changed(self, retry_failed: bool = False) -> bool:
         """Load and swap in the version CURRENT names, if it changed since the last try.
 
         Blocking (reads weights and the index): call it off the event loop. A
         version that fails to load is logged, kept in ``error`` and not retried
-        until CURRENT moves again; the previous bundle keeps serving. Returns
-        True when a new bundle was swapped in. Safe to call from a poller.
+        until CURRENT moves again (or ``retry_failed``, which /admin/reload
+        passes); the previous bundle keeps serving. Returns True when a new
+        bundle was swapped in. Safe to call from a poller.
         """
         with self._lock:
             version = self.home.current_version()
-            if version is None or version == self._tried:
+            if version is None:
+                return False
+            if version == self._tried and not (retry_failed and self.error is not None):
                 return False
             self._tried = version
             try:
                 bundle = load_bundle(self.home.bundle_dir(version))
             except Exception as e:  # noqa: BLE001 - BundleError mostly; a reload must never kill the service
-                self.error = f"model {version} could not be loaded: {e}"
+                self.error, self.refused_version = f"model {version} could not be loaded: {e}", version
+                self.refusals += 1
                 log.error("%s; still serving %s", self.error, self.bundle.version if self.bundle else "nothing")
                 return False
-            self.bundle, self.error = bundle, None
+            self.bundle, self.error, self.refused_version = bundle, None, None
+            self.reloads += 1
             log.info("serving model %s (%d indexed images)", version, bundle.index.ntotal)
             return True
 

@@ -65,6 +65,7 @@ def add_pretrain_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--knn-every", type=int, help=f"epochs between kNN accuracy checks, 0 for never (default: {P.knn_every})")
     g.add_argument("--seed", type=int, help=f"(default: {P.seed})")
     g.add_argument("--device", help=f"auto, cpu, cuda, cuda:1 (default: {P.device})")
+    g.add_argument("--compile", action="store_true", default=None, help="torch.compile the model: ~1 min to compile, faster steps (default: off)")
     g.add_argument("--sync-bn", action="store_true", default=None, help="SyncBatchNorm across torchrun processes (default: off)")
 
 

@@ -273,6 +273,8 @@ def main(cfg: PretrainConfig, home: ArtifactHome, run: RunPaths | None = None) -
         for name, g in rngs.items():
             g.set_state(ckpt["rng"][name])
     trained = DistributedDataParallel(model) if env.enabled else model
+    if cfg.compile:
+        trained = torch.compile(trained)
 
     steps_per_epoch = len(images) // cfg.batch_size
     max_epochs = math.inf if cfg.time_budget else cfg.epochs

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Annotated
 
 import numpy as np
@@ -9,7 +10,7 @@ import torch
 from fastapi import APIRouter, File, HTTPException, Query, UploadFile
 from starlette.concurrency import run_in_threadpool
 
-from service.deps import BundleDep, SettingsDep
+from service.deps import BatchersDep, BundleDep, SettingsDep
 from service.schemas import ClassifyResponse, Prediction, errors
 from service.uploads import decode_image, read_upload
 from training.artifacts import LoadedBundle
@@ -18,13 +19,22 @@ from training.models import normalize
 router = APIRouter(tags=["model"])
 
 
-def predict(bundle: LoadedBundle, pixels: np.ndarray, top_k: int) -> list[Prediction]:
-    """The classifier's top-k softmax probabilities for one ``(3, H, W)`` uint8 image. Blocking."""
+def class_probabilities(bundle: LoadedBundle, images: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """Softmax probabilities over all classes, one ``(C,)`` row per ``(3, H, W)`` uint8 image.
+
+    One forward pass for the whole batch (eval mode: each row is what the image
+    alone would give, within float tolerance). Blocking: the batcher runs it in
+    the model thread.
+    """
     with torch.inference_mode():
-        logits = bundle.classifier(normalize(torch.from_numpy(pixels).unsqueeze(0)))
-        probs, ids = logits.float().softmax(dim=1)[0].topk(top_k)
+        logits = bundle.classifier(normalize(torch.from_numpy(np.stack(images))))
+        return list(logits.float().softmax(dim=1).numpy())
+
+
+def top_predictions(bundle: LoadedBundle, probs: np.ndarray, top_k: int) -> list[Prediction]:
     names = bundle.manifest.class_names
-    return [Prediction(label=names[i], class_id=i, probability=p) for p, i in zip(probs.tolist(), ids.tolist())]
+    ids = np.argsort(-probs, kind="stable")[:top_k]
+    return [Prediction(label=names[i], class_id=int(i), probability=float(probs[i])) for i in ids]
 
 
 @router.post(
@@ -35,6 +45,7 @@ def predict(bundle: LoadedBundle, pixels: np.ndarray, top_k: int) -> list[Predic
 async def classify(
     bundle: BundleDep,
     settings: SettingsDep,
+    batchers: BatchersDep,
     file: Annotated[UploadFile, File(description="an image in any common format and mode")],
     top_k: Annotated[int, Query(ge=1, description="how many classes to return, 1..number of classes")] = 3,
 ) -> ClassifyResponse:
@@ -43,9 +54,8 @@ async def classify(
     if top_k > n_classes:  # the upper bound depends on the model, so it cannot live in Query()
         raise HTTPException(422, f"top_k must be between 1 and {n_classes} (the number of classes), got {top_k}")
     data = await read_upload(file, settings.max_upload_bytes)
-    size, max_pixels = bundle.manifest.image_size, settings.max_image_pixels
-
-    def work() -> list[Prediction]:  # decode + forward in one thread hop, off the event loop
-        return predict(bundle, decode_image(data, size, max_pixels), top_k)
-
-    return ClassifyResponse(model_version=bundle.version, predictions=await run_in_threadpool(work))
+    batcher = batchers["classify"]
+    with batcher.incoming():  # a batch being formed waits for this request while it decodes
+        pixels = await run_in_threadpool(decode_image, data, bundle.manifest.image_size, settings.max_image_pixels)
+    probs = await batcher.submit(bundle, pixels)  # one forward pass with concurrent requests
+    return ClassifyResponse(model_version=bundle.version, predictions=top_predictions(bundle, probs, top_k))

@@ -19,11 +19,14 @@ async def healthz() -> Health:
 
 @router.get("/readyz", response_model=Ready, responses=errors(503))
 async def readyz(store: StoreDep) -> Ready:
-    """Ready to answer model requests: a bundle is loaded. 503 (with the reason) before."""
+    """Ready to answer model requests: a bundle is loaded. 503 (with the reason) before.
+
+    Still 200 when a newer version was refused: the loaded one keeps serving, and
+    ``last_error`` says what is wrong with the new one."""
     bundle = store.bundle
     if bundle is None:
         raise HTTPException(503, store.unavailable_detail())
-    return Ready(status="ready", model_version=bundle.version)
+    return Ready(status="ready", model_version=bundle.version, last_error=store.error)
 
 
 @router.get("/model", response_model=ModelInfo, responses=errors(503))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Annotated
 
 import numpy as np
@@ -11,7 +12,7 @@ from starlette.concurrency import run_in_threadpool
 
 from index.embed import embed
 from index.faiss_index import reconstruct, search
-from service.deps import BundleDep, SettingsDep
+from service.deps import BatchersDep, BundleDep, SettingsDep
 from service.schemas import Neighbor, NeighborQuery, NeighborsResponse, errors
 from service.uploads import decode_image, read_upload
 from training.artifacts import LoadedBundle
@@ -28,12 +29,11 @@ def check_id(bundle: LoadedBundle, item_id: int) -> None:
         raise HTTPException(404, f"no indexed image with id {item_id}; ids are 0..{size - 1}")
 
 
-def neighbors(bundle: LoadedBundle, query: np.ndarray, k: int, exclude: int | None = None) -> list[Neighbor]:
-    """The k best hits for one embedding, without ``exclude`` (the query itself, when it is indexed)."""
-    scores, ids = search(bundle.index, query, k if exclude is None else k + 1)
+def hits(bundle: LoadedBundle, scores: np.ndarray, ids: np.ndarray, k: int, exclude: int | None = None) -> list[Neighbor]:
+    """One query's search results ``(scores, ids)``, best first, as at most k neighbours without ``exclude``."""
     names = bundle.manifest.class_names
     out = []
-    for score, i in zip(scores[0].tolist(), ids[0].tolist()):
+    for score, i in zip(scores.tolist(), ids.tolist()):
         # Dropped by id, not by rank: a duplicate image can tie with the query and come first.
         if i < 0 or i == exclude or len(out) == k:
             continue
@@ -50,6 +50,20 @@ def neighbors(bundle: LoadedBundle, query: np.ndarray, k: int, exclude: int | No
     return out
 
 
+def neighbors(bundle: LoadedBundle, query: np.ndarray, k: int, exclude: int | None = None) -> list[Neighbor]:
+    """The k best hits for one embedding, without ``exclude`` (the query itself, when it is indexed)."""
+    scores, ids = search(bundle.index, query, k if exclude is None else k + 1)
+    return hits(bundle, scores[0], ids[0], k, exclude)
+
+
+def embed_and_search(bundle: LoadedBundle, items: Sequence[tuple[np.ndarray, int]]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``(scores, ids)`` of the best ``k`` hits for each ``(pixels, k)``: one forward pass and one search
+    for the whole batch (the largest k, each query's prefix of it). Blocking: runs in the model thread."""
+    queries = embed(bundle.encoder, torch.from_numpy(np.stack([pixels for pixels, _ in items])))
+    scores, ids = search(bundle.index, queries, max(k for _, k in items))
+    return [(scores[row, :k], ids[row, :k]) for row, (_, k) in enumerate(items)]
+
+
 @router.get("/neighbors", response_model=NeighborsResponse, responses=errors(404, 422, 503))
 async def neighbors_of_id(
     bundle: BundleDep,
@@ -60,23 +74,22 @@ async def neighbors_of_id(
     check_id(bundle, item_id)
     # On the event loop on purpose: exact search of one query over tens of thousands of
     # vectors takes about a millisecond, less than a hop to the threadpool and back.
-    hits = neighbors(bundle, reconstruct(bundle.index, item_id), k, exclude=item_id)
-    return NeighborsResponse(model_version=bundle.version, query=NeighborQuery(id=item_id), neighbors=hits)
+    found = neighbors(bundle, reconstruct(bundle.index, item_id), k, exclude=item_id)
+    return NeighborsResponse(model_version=bundle.version, query=NeighborQuery(id=item_id), neighbors=found)
 
 
 @router.post("/neighbors", response_model=NeighborsResponse, responses=errors(400, 413, 415, 422, 503))
 async def neighbors_of_upload(
     bundle: BundleDep,
     settings: SettingsDep,
+    batchers: BatchersDep,
     file: Annotated[UploadFile, File(description="an image in any common format and mode")],
     k: Annotated[int, K] = 5,
 ) -> NeighborsResponse:
     """The k indexed images most similar to an uploaded one, embedded by the SimCLR encoder."""
     data = await read_upload(file, settings.max_upload_bytes)
-    size, max_pixels = bundle.manifest.image_size, settings.max_image_pixels
-
-    def work() -> list[Neighbor]:  # decode + embed + search in one thread hop, off the event loop
-        pixels = torch.from_numpy(decode_image(data, size, max_pixels)).unsqueeze(0)
-        return neighbors(bundle, embed(bundle.encoder, pixels), k)
-
-    return NeighborsResponse(model_version=bundle.version, query=NeighborQuery(), neighbors=await run_in_threadpool(work))
+    batcher = batchers["neighbors"]
+    with batcher.incoming():  # a batch being formed waits for this request while it decodes
+        pixels = await run_in_threadpool(decode_image, data, bundle.manifest.image_size, settings.max_image_pixels)
+    scores, ids = await batcher.submit(bundle, (pixels, k))  # batched with concurrent requests
+    return NeighborsResponse(model_version=bundle.version, query=NeighborQuery(), neighbors=hits(bundle, scores, ids, k))

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import faiss
 import httpx
 import numpy as np
 import pytest
@@ -24,6 +25,7 @@ from training.models import Classifier, EncoderSpec, build_encoder, feature_dim
 from service_testkit import CLASS_NAMES, MAX_IMAGE_PIXELS, MAX_UPLOAD_BYTES, Server, start_server, stop_server
 
 N_IMAGES = 200
+SPEC = EncoderSpec(arch="resnet18", width=8, image_size=32)
 
 
 def make_images(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -43,18 +45,40 @@ class Bundle:
     labels: np.ndarray
 
 
-@pytest.fixture(scope="session")
-def bundle(tmp_path_factory: pytest.TempPathFactory) -> Bundle:
-    torch.set_num_threads(1)  # the build machine's 2 cores are shared
-    torch.manual_seed(0)
-    work = tmp_path_factory.mktemp("run")
-    spec = EncoderSpec(arch="resnet18", width=8, image_size=32)
-    encoder = build_encoder(spec).eval()
+@dataclass(frozen=True)
+class RandomRun:
+    """What publishing needs, as `simclr` leaves it in a run folder, from random-init models (eval mode)."""
+
+    encoder: torch.nn.Module
+    classifier: Classifier
+    index: faiss.Index
+    encoder_file: Path
+    classifier_file: Path
+    index_dir: Path
+
+    def publish(self, home: Path, make_current: bool = True) -> str:
+        return publish_bundle(
+            ArtifactHome(home),
+            encoder_file=self.encoder_file,
+            classifier_file=self.classifier_file,
+            index_dir=self.index_dir,
+            spec=SPEC,
+            class_names=CLASS_NAMES,
+            metrics={"test_top1": 0.1},
+            make_current=make_current,
+        )
+
+
+def random_run(work: Path, images: np.ndarray, labels: np.ndarray, seed: int = 0) -> RandomRun:
+    """Random-init encoder and classifier (from ``seed``) and an index of ``images``, written under ``work``.
+    No training: about a second."""
+    torch.manual_seed(seed)
+    work.mkdir(parents=True, exist_ok=True)
+    encoder = build_encoder(SPEC).eval()
+    classifier = Classifier(build_encoder(SPEC), feature_dim(SPEC), len(CLASS_NAMES)).eval()
     encoder_file, classifier_file = work / "encoder.pt", work / "classifier.pt"
     torch.save(encoder.state_dict(), encoder_file)
-    torch.save(Classifier(build_encoder(spec), feature_dim(spec), len(CLASS_NAMES)).state_dict(), classifier_file)
-    images, labels = make_images(N_IMAGES)
-    labels[-1] = -1  # one unlabelled item: its neighbours' label must come back null
+    torch.save(classifier.state_dict(), classifier_file)
     index = build_index(embed(encoder, torch.from_numpy(images)))
     write_index_dir(
         work / "index",
@@ -62,19 +86,19 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> Bundle:
         kind="IndexFlatIP",
         encoder_fingerprint=sha256_file(encoder_file),
         labels=labels.tolist(),
-        sources=[f"generated/{i:04d}.png" for i in range(N_IMAGES)],
+        sources=[f"generated/{i:04d}.png" for i in range(len(images))],
         pixels=images,
     )
+    return RandomRun(encoder, classifier, index, encoder_file, classifier_file, work / "index")
+
+
+@pytest.fixture(scope="session")
+def bundle(tmp_path_factory: pytest.TempPathFactory) -> Bundle:
+    torch.set_num_threads(1)  # the build machine's 2 cores are shared
+    images, labels = make_images(N_IMAGES)
+    labels[-1] = -1  # one unlabelled item: its neighbours' label must come back null
     home = tmp_path_factory.mktemp("home")
-    version = publish_bundle(
-        ArtifactHome(home),
-        encoder_file=encoder_file,
-        classifier_file=classifier_file,
-        index_dir=work / "index",
-        spec=spec,
-        class_names=CLASS_NAMES,
-        metrics={"test_top1": 0.1},
-    )
+    version = random_run(tmp_path_factory.mktemp("run"), images, labels, seed=0).publish(home)
     return Bundle(home, version, images, labels)
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
 
 CLASS_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 # Small limits for the test server, so limit tests need no big payloads; valid test images are far below them.
@@ -84,6 +85,15 @@ def chw_png(chw: np.ndarray) -> bytes:
     return encode(Image.fromarray(np.ascontiguousarray(chw.transpose(1, 2, 0))), "PNG")
 
 
+def metric(text: str, name: str, **labels: str) -> float:
+    """The value of one sample in Prometheus text (0.0 if absent), e.g. ``metric(t, "x_total", route="/a")``."""
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return sample.value
+    return 0.0
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -93,6 +103,7 @@ def free_port() -> int:
 @dataclass
 class Server:
     url: str
+    home: Path
     process: subprocess.Popen[bytes]
     log: Path
 
@@ -112,7 +123,7 @@ def start_server(home: Path, log: Path, **env: str) -> Server:
             [sys.executable, "-m", "service", "--home", str(home), "--port", str(port)],
             cwd=REPO, env=environ, stdout=out, stderr=subprocess.STDOUT,
         )
-    server = Server(f"http://127.0.0.1:{port}", process, log)
+    server = Server(f"http://127.0.0.1:{port}", home, process, log)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if process.poll() is not None:

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import shutil
+import time
 from collections.abc import Iterator
-import httpx
+from pathlib import Path
+
 import pytest
+from conftest import Bundle
 from service_testkit import Server, start_server, stop_server, uploads
+
+from training.artifacts import ArtifactHome
 
 NO_MODEL = "no model published yet"
 
@@ -13,7 +19,7 @@ NO_MODEL = "no model published yet"
 @pytest.fixture(scope="module")
 def empty_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     tmp = tmp_path_factory.mktemp("empty")
-    s = start_server(tmp / "home", tmp / "server.log")
+    s = start_server(tmp / "home", tmp / "server.log", SIMCLR_RELOAD_INTERVAL="0.2")
     yield s
     stop_server(s)
 
@@ -34,3 +40,18 @@ def test_empty_home(empty_server: Server) -> None:
             assert NO_MODEL in r.json()["detail"]
         assert c.get("/healthz").status_code == 200
     assert "Traceback" not in empty_server.log_text()
+
+
+def test_publishing_into_a_running_service_makes_it_ready(empty_server: Server, bundle: Bundle) -> None:
+    """The service follows CURRENT: no restart is needed after `simclr refresh` publishes."""
+    home = ArtifactHome(Path(empty_server.home))
+    shutil.copytree(ArtifactHome(bundle.home).bundle_dir(bundle.version), home.bundle_dir(bundle.version))
+    home.set_current(bundle.version)
+    deadline = time.monotonic() + 15
+    with empty_server.client() as c:
+        while c.get("/readyz").status_code != 200 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        ready = c.get("/readyz")
+        assert ready.status_code == 200 and ready.json()["model_version"] == bundle.version
+        r = c.get("/neighbors", params={"id": 0, "k": 3})
+        assert r.status_code == 200 and r.json()["model_version"] == bundle.version

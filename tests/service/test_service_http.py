@@ -42,7 +42,7 @@ def assert_error(r: httpx.Response, status: int, *words: str) -> None:
 
 def test_healthz_readyz_model(client: httpx.Client, bundle) -> None:
     assert client.get("/healthz").json() == {"status": "ok"}
-    assert client.get("/readyz").json() == {"status": "ready", "model_version": bundle.version}
+    assert client.get("/readyz").json() == {"status": "ready", "model_version": bundle.version, "last_error": None}
     model = client.get("/model").json()
     assert model["model_version"] == model["version"] == bundle.version
     assert model["class_names"] == CLASS_NAMES
@@ -53,7 +53,7 @@ def test_healthz_readyz_model(client: httpx.Client, bundle) -> None:
 def test_docs_and_openapi(client: httpx.Client) -> None:
     assert "swagger" in client.get("/docs").text.lower()
     spec = client.get("/openapi.json").json()
-    assert {"/classify", "/neighbors", "/images/{item_id}", "/healthz", "/readyz", "/model"} <= set(spec["paths"])
+    assert {"/classify", "/neighbors", "/images/{item_id}", "/healthz", "/readyz", "/model", "/metrics", "/admin/reload"} <= set(spec["paths"])
     assert "ClassifyResponse" in spec["components"]["schemas"]
 
 
@@ -243,6 +243,16 @@ def test_bad_parameters_are_422(client: httpx.Client, method: str, path: str, pa
 def test_unknown_id_is_404(client: httpx.Client, item: int) -> None:
     assert_error(client.get("/neighbors", params={"id": item}), 404, "no indexed image", str(item))
     assert_error(client.get(f"/images/{item}"), 404, "no indexed image")
+
+
+def test_cors_closed_by_default(client: httpx.Client) -> None:
+    """No SIMCLR_CORS_ORIGINS: no origin is allowed, and preflights are not answered as CORS."""
+    r = client.get("/model", headers={"Origin": "http://elsewhere.example"})
+    assert r.status_code == 200 and "access-control-allow-origin" not in r.headers
+    preflight = client.options(
+        "/classify", headers={"Origin": "http://elsewhere.example", "Access-Control-Request-Method": "POST"}
+    )
+    assert preflight.status_code == 405 and "access-control-allow-origin" not in preflight.headers
 
 
 def test_concurrent_requests(client: httpx.Client, server) -> None:

@@ -1,0 +1,152 @@
+"""Dynamic batching: concurrent model requests share one forward pass.
+
+Each route decodes its upload in the threadpool inside ``with batcher.incoming():``,
+then ``await batcher.submit(bundle, item)``. A :class:`Batcher` (one per kind of
+work: classify, embed+search) runs one asyncio task that waits for a first item,
+then for more while requests are on their way (still decoding) but at most
+``max_wait`` seconds, and hands at most ``max_size`` items to ``fn`` in the model
+thread. So a lone request never waits for company that is not coming, and under
+load the requests that arrive during one forward pass form the next batch.
+
+A batch never mixes bundles: it takes only the pending items that hold the same
+bundle reference as the oldest one (a request keeps the bundle it took at its
+start, see ``deps.get_bundle``); items that took another bundle wait for the next
+batch. So every answer comes from the bundle whose ``model_version`` it carries,
+even while a reload swaps bundles.
+
+All batchers share one single-thread executor: forward passes run one at a time,
+each with all of torch's intra-op threads, instead of competing for the cores.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+from training.artifacts import LoadedBundle
+
+log = logging.getLogger("service")
+
+In = TypeVar("In")
+Out = TypeVar("Out")
+# fn(bundle, items) -> one result per item, in order. Blocking: runs in the model thread.
+BatchFn = Callable[[LoadedBundle, Sequence[In]], Sequence[Out]]
+
+
+@dataclass(eq=False)
+class _Pending(Generic[In, Out]):
+    bundle: LoadedBundle
+    item: In
+    future: asyncio.Future[Out] = field(repr=False)
+
+
+class Batcher(Generic[In, Out]):
+    def __init__(
+        self,
+        fn: BatchFn[In, Out],
+        executor: Executor,
+        *,
+        max_size: int,
+        max_wait: float,
+        on_batch: Callable[[int], None] | None = None,
+    ) -> None:
+        self.fn, self.executor = fn, executor
+        self.max_size, self.max_wait = max_size, max_wait
+        self.on_batch = on_batch  # observes each batch's size (the metrics histogram)
+        self._pending: deque[_Pending[In, Out]] = deque()
+        self._arrived = asyncio.Event()
+        self._coming = 0  # requests inside incoming(): they will submit soon
+        self._task: asyncio.Task[None] | None = None
+
+    @contextmanager
+    def incoming(self) -> Iterator[None]:
+        """Around a request's work before ``submit`` (decoding): a batch being formed waits for it."""
+        self._coming += 1
+        try:
+            yield
+        finally:
+            self._coming -= 1
+            self._arrived.set()  # submitted next, or failed: either way the batch need not wait for it
+
+    async def submit(self, bundle: LoadedBundle, item: In) -> Out:
+        """``fn``'s result for ``item`` on ``bundle``, computed in a batch with other requests'."""
+        loop = asyncio.get_running_loop()
+        if self._task is None or self._task.done():  # started lazily, inside the serving loop
+            self._task = loop.create_task(self._run(), name="batcher")
+        future: asyncio.Future[Out] = loop.create_future()
+        self._pending.append(_Pending(bundle, item, future))
+        self._arrived.set()
+        return await future
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        for p in self._pending:
+            p.future.cancel()
+
+    async def _wait_for_arrival(self, timeout: float | None) -> bool:
+        self._arrived.clear()
+        try:
+            await asyncio.wait_for(self._arrived.wait(), timeout)
+            return True
+        except asyncio.TimeoutError:  # the builtin TimeoutError only from 3.11
+            return False
+
+    def _take_batch(self) -> list[_Pending[In, Out]]:
+        """Up to ``max_size`` pending items, oldest first, all holding the oldest item's bundle."""
+        bundle = self._pending[0].bundle
+        batch, rest = [], deque()
+        for p in self._pending:
+            (batch if p.bundle is bundle and len(batch) < self.max_size else rest).append(p)
+        self._pending = rest
+        return batch
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            while not self._pending:
+                await self._wait_for_arrival(None)
+            deadline = loop.time() + self.max_wait
+            while len(self._pending) < self.max_size and self._coming and (left := deadline - loop.time()) > 0:
+                if not await self._wait_for_arrival(left):
+                    break
+            batch = self._take_batch()
+            batch = [p for p in batch if not p.future.done()]  # clients that went away
+            if not batch:
+                continue
+            if self.on_batch is not None:
+                self.on_batch(len(batch))
+            try:
+                results = await loop.run_in_executor(self.executor, self.fn, batch[0].bundle, [p.item for p in batch])
+            except Exception as e:  # noqa: BLE001 - a bug in fn fails this batch's requests, not the batcher
+                log.exception("batched %s failed", getattr(self.fn, "__name__", "work"))
+                for p in batch:
+                    if not p.future.done():
+                        p.future.set_exception(e)
+                continue
+            for p, result in zip(batch, results):
+                if not p.future.done():
+                    p.future.set_result(result)
+
+
+@dataclass
+class Batchers:
+    """The app's batchers by kind; built by ``create_app``, closed by its lifespan."""
+
+    by_kind: dict[str, Batcher[Any, Any]]
+    executor: Executor
+
+    def __getitem__(self, kind: str) -> Batcher[Any, Any]:
+        return self.by_kind[kind]
+
+    async def close(self) -> None:
+        for b in self.by_kind.values():
+            await b.close()
+        self.executor.shutdown(wait=False, cancel_futures=True)
