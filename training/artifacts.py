@@ -275,6 +275,8 @@ def load_bundle(path: Path) -> LoadedBundle:
         raise BundleError(f"{path} has no {MANIFEST_FILE}") from e
     except ValidationError as e:
         raise BundleError(f"{path / MANIFEST_FILE} is not a valid manifest: {e}") from e
+    if path.name != manifest.version and not path.name.startswith(".tmp-"):  # .tmp-: being published
+        raise BundleError(f"{path} holds a manifest for version {manifest.version}: bundles are never renamed")
     for name in BUNDLE_FILES:
         if not (path / name).is_file():
             raise BundleError(f"bundle {manifest.version} lacks {name}")
