@@ -36,15 +36,16 @@ def reference(data: str, seconds: float) -> float:
     return float(re.search(r"reference_pipeline_img_per_s=([\d.]+)", out).group(1))
 
 
-def ours(data: str, seconds: float, home: str) -> tuple[float, list[str]]:
+def ours(data: str, seconds: float, home: str, extra: list[str]) -> tuple[float, list[str]]:
     cmd = [str(Path(sys.executable).parent / "simclr"), "pretrain", "--data", data, "--home", home,
            "--arch", "resnet18", "--width", "64", "--proj-dim", "128", "--batch-size", "256",
-           "--optimizer", "adam", "--lr", "1e-3", "--time-budget", f"{seconds}s", "--knn-every", "0"]
+           "--optimizer", "adam", "--lr", "1e-3", "--time-budget", f"{seconds}s", "--knn-every", "0", *extra]
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     metrics = sorted(Path(home).glob("runs/*/metrics.jsonl"))[-1]
     records = [json.loads(line) for line in metrics.read_text().splitlines()]
-    views = sum(r["steps"] for r in records) * 2 * 256
-    seconds_used = sum(2 * r["steps"] * 256 / r["views_per_s"] for r in records)
+    # Each epoch's views/s skips its first step, as the reference skips its warm-up step.
+    views = sum(max(r["steps"] - 1, 0) for r in records) * 2 * 256
+    seconds_used = sum(2 * max(r["steps"] - 1, 0) * 256 / r["views_per_s"] for r in records if r["views_per_s"] > 0)
     return views / seconds_used, cmd
 
 
@@ -53,13 +54,14 @@ def main() -> None:
     p.add_argument("--data", default=str(ROOT.parent / "shared" / "datasets" / "cifar10-jpeg"), help="ImageFolder root (default: %(default)s)")
     p.add_argument("--seconds", type=float, default=120, help="training seconds per pipeline and round (default: %(default)s)")
     p.add_argument("--rounds", type=int, default=1, help="alternating rounds of reference then ours (default: %(default)s)")
+    p.add_argument("--compile", action="store_true", help="also pass --compile to our trainer (default: off)")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "train_throughput.json"), help="(default: %(default)s)")
     a = p.parse_args()
     rounds = []
     with tempfile.TemporaryDirectory() as home:
         for i in range(a.rounds):
             ref = reference(a.data, a.seconds)
-            mine, cmd = ours(a.data, a.seconds, home)
+            mine, cmd = ours(a.data, a.seconds, home, ["--compile"] if a.compile else [])
             rounds.append({"reference_views_per_s": round(ref, 1), "ours_views_per_s": round(mine, 1), "ratio": round(mine / ref, 2)})
             print(f"round {i + 1}: reference {ref:.1f} views/s, ours {mine:.1f} views/s, ratio {mine / ref:.2f}")
     result = {

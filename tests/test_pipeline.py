@@ -55,7 +55,7 @@ def test_tampered_bundle_is_refused(trained_home: Path, tmp_path: Path) -> None:
     import shutil
 
     home = ArtifactHome(trained_home)
-    copy = tmp_path / "bundle"
+    copy = tmp_path / home.current_version()  # bundles are loaded from a folder named as their version
     shutil.copytree(home.bundle_dir(home.current_version()), copy)
     with open(copy / "classifier.pt", "ab") as f:
         f.write(b"x")
@@ -67,7 +67,7 @@ def test_index_from_another_encoder_is_refused(trained_home: Path, tmp_path: Pat
     import shutil
 
     home = ArtifactHome(trained_home)
-    copy = tmp_path / "bundle"
+    copy = tmp_path / home.current_version()  # bundles are loaded from a folder named as their version
     shutil.copytree(home.bundle_dir(home.current_version()), copy)
     meta = json.loads((copy / "index.json").read_text())
     meta["encoder_fingerprint"] = "0" * 64
@@ -83,3 +83,13 @@ def test_cli_reports_errors_without_traceback(tmp_path: Path, capsys: pytest.Cap
     with pytest.raises(SystemExit) as e:
         simclr(["publish", "--home", str(tmp_path)])
     assert "no pretraining run" in str(e.value)
+
+
+def test_renamed_bundle_is_refused(trained_home: Path, tmp_path: Path) -> None:
+    import shutil
+
+    home = ArtifactHome(trained_home)
+    copy = tmp_path / "another-name"
+    shutil.copytree(home.bundle_dir(home.current_version()), copy)
+    with pytest.raises(BundleError, match="never renamed"):
+        load_bundle(copy)

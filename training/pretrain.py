@@ -118,7 +118,7 @@ def train_one_epoch(
     local = cfg.batch_size // env.world_size
     loss_sum = torch.zeros((), device=device)  # summed on-device: no host sync per step
     done, lr = 0, 0.0
-    t0 = prev = time.perf_counter()
+    t0 = prev = time.perf_counter()  # t0 moves to the end of the first step
     bar = tqdm(range(p.batch, n_batches), desc=f"epoch {p.epoch + 1}", unit="step", leave=False, disable=not env.is_main)
     for i in bar:
         lr = cfg.lr * warmup_cosine(schedule_progress(cfg, p, n_batches), cfg.warmup)
@@ -143,6 +143,8 @@ def train_one_epoch(
         now = time.perf_counter()
         p.train_seconds += now - prev
         prev = now
+        if done == 1:
+            t0 = now  # views/s skips each epoch's first step (warm-up, compilation), as the reference does
         if env.is_main and i % 10 == 0 and device.type == "cpu":  # .item() would sync a GPU every step
             bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.3g}")
         out_of_time = bool(cfg.time_budget) and p.train_seconds >= cfg.time_budget
@@ -155,7 +157,7 @@ def train_one_epoch(
         "loss": (loss_sum / max(done, 1)).item(),
         "lr": lr,
         "steps": done,
-        "views_per_s": 2 * done * cfg.batch_size / max(elapsed, 1e-9),  # global views: all ranks
+        "views_per_s": 2 * max(done - 1, 0) * cfg.batch_size / max(elapsed, 1e-9),  # global views: all ranks
     }
 
 
