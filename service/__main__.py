@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import argparse
 
-from service.app import run
-from service.settings import Settings
+from service.threads import passive_openmp
+
+passive_openmp()  # before torch and FAISS load OpenMP
+
+from service.app import run  # noqa: E402
+from service.settings import Settings  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,4 +1,4 @@
-"""The ``simclr`` command: pretrain, finetune, index, publish, refresh, serve.
+"""The ``simclr`` command: pretrain, finetune, evaluate, report, index, publish, refresh, serve.
 
 Heavy imports (torch, faiss, the service) happen inside each subcommand, so
 ``simclr --help`` answers at once.
@@ -16,6 +16,7 @@ from typing import Any
 from training.config import PRESETS, FinetuneConfig, PretrainConfig, with_overrides
 
 P, F = PretrainConfig(), FinetuneConfig()
+EVAL_GROUPS = ("linear", "finetune", "random", "supervised", "knn")  # training.evaluation_suite.GROUPS, without importing torch
 
 
 def duration(text: str) -> float:
@@ -49,7 +50,7 @@ def add_data(p: argparse.ArgumentParser, required_default: str | None = "cifar10
 
 def add_pretrain_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("pretraining (flags override the preset)")
-    g.add_argument("--preset", choices=sorted(PRESETS), help="a named recipe: quick (minutes on a CPU), seed (the seed's GPU run)")
+    g.add_argument("--preset", choices=sorted(PRESETS), help="a named recipe: quick (minutes on a CPU), cpu (the seed's table in 120 min on 2 cores), seed (the seed's GPU run)")
     g.add_argument("--arch", choices=["resnet18", "resnet34", "resnet50"], help=f"encoder (default: {P.arch})")
     g.add_argument("--width", type=positive_int, help=f"ResNet base width; 32 is a quarter of the FLOPs (default: {P.width})")
     g.add_argument("--epochs", type=positive_int, help=f"pretraining epochs (default: {P.epochs})")
@@ -152,6 +153,24 @@ def cmd_refresh(a: argparse.Namespace) -> None:
     print(f"published {version}; a running `simclr serve --home {home.root}` picks it up")
 
 
+def cmd_evaluate(a: argparse.Namespace) -> None:
+    from training import evaluation_suite
+    from training.artifacts import ArtifactHome
+
+    groups = evaluation_suite.parse_groups(a.rows)
+    cfg = resolve(F, PRESETS.get(a.preset or "", {}).get("finetune", {}), {"epochs": a.epochs, "time_budget": a.time_budget})
+    home = ArtifactHome(a.home)
+    evaluation_suite.main(cfg, home, home.run(a.run), groups, data=a.data, limit=a.limit)
+
+
+def cmd_report(a: argparse.Namespace) -> None:
+    from training import report
+    from training.artifacts import ArtifactHome
+
+    home = ArtifactHome(a.home)
+    report.main(home, home.run(a.run))
+
+
 def cmd_serve(a: argparse.Namespace) -> None:
     from service.app import run
     from service.settings import Settings
@@ -201,6 +220,25 @@ def build_parser() -> argparse.ArgumentParser:
     add_finetune_flags(p, prefix="ft-")
     p.set_defaults(func=cmd_refresh)
 
+    p = sub.add_parser("evaluate", help="the seed's table for a run: linear eval, fine-tune, random init, supervised, kNN")
+    add_home(p)
+    add_data(p, None)
+    p.add_argument("--run", help="run id (default: the newest run)")
+    p.add_argument("--rows", default=",".join(EVAL_GROUPS),
+                   help="comma-separated row groups: linear (frozen SimCLR encoder, 10%% and 100%% labels), finetune "
+                   "(end to end, 10%%), random (linear and fine-tune from a random encoder), supervised (from scratch, "
+                   "10%% and 100%%), knn (weighted, k=200, T=0.1) (default: all: %(default)s)")
+    p.add_argument("--epochs", type=positive_int, help=f"epochs of every end-to-end row (default: {F.epochs}, or the preset's time budget)")
+    p.add_argument("--time-budget", type=duration, help="wall-clock time of every end-to-end row instead, e.g. 25m (default: none)")
+    p.add_argument("--preset", choices=sorted(PRESETS), help="take the end-to-end rows' settings from a preset (default: none)")
+    p.add_argument("--limit", type=positive_int, help="at most N images per split (default: the run's)")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("report", help="write runs/<id>/report/REPORT.md: the seed's table beside ours, loss, accuracy and neighbour figures")
+    add_home(p)
+    p.add_argument("--run", help="run id (default: the newest run)")
+    p.set_defaults(func=cmd_report)
+
     p = sub.add_parser("serve", help="the HTTP service over the current model bundle")
     add_home(p)
     p.add_argument("--host", help="interface to bind (default: $SIMCLR_HOST or 127.0.0.1)")
@@ -211,6 +249,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    if args.command == "serve":
+        from service.threads import passive_openmp
+
+        passive_openmp()  # before anything loads torch
     from training.data import DataError
     from training.pretrain import Interrupted
 

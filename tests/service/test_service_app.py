@@ -3,6 +3,7 @@ and ModelStore's reload (the seam hot-reload builds on)."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -58,6 +59,8 @@ def test_store_keeps_serving_when_a_new_version_is_broken(bundle, tmp_path: Path
 
     broken = home.bundle_dir("broken")
     shutil.copytree(home.bundle_dir(bundle.version), broken)
+    manifest = json.loads((broken / "manifest.json").read_text())
+    (broken / "manifest.json").write_text(json.dumps({**manifest, "version": "broken"}))
     with open(broken / "encoder.pt", "ab") as f:
         f.write(b"tampered")
     home.set_current("broken")

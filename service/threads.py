@@ -1,0 +1,20 @@
+"""OpenMP's wait policy for a server process: set before torch or FAISS is imported.
+
+By default OpenMP threads spin for a while after each parallel region, waiting
+for more work. In a training loop that is right; in a server the spinning
+threads steal the cores that decode uploads and answer HTTP. Measured on the
+2-core build machine, 32 connections: /classify 134 -> 245 requests/s and
+/neighbors?id= 406 -> 1144 requests/s with PASSIVE instead of the default.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+
+def passive_openmp() -> None:
+    """Make OpenMP threads sleep when idle, unless the user chose a policy or OpenMP is already loaded."""
+    if "torch" in sys.modules or "faiss" in sys.modules:
+        return  # too late to take effect; leave the environment as it is
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
