@@ -2,7 +2,8 @@
 
     <home>/
       runs/<run-id>/          config.json, checkpoint.pt, metrics.jsonl, loss.png,
-                              classifier.pt, finetune.json, index/ (what publish packs)
+                              classifier.pt, finetune.json, index/ (what publish packs),
+                              eval/<row>.json (simclr evaluate), report/REPORT.md + *.png
       models/<version>/       an immutable servable bundle (BUNDLE_FILES)
       CURRENT                 the current version's name, replaced atomically
       data/                   downloads and the decoded-image cache
@@ -100,6 +101,17 @@ class RunPaths:
     classifier = property(lambda self: self.dir / CLASSIFIER_FILE)
     finetune = property(lambda self: self.dir / "finetune.json")
     index_dir = property(lambda self: self.dir / "index")
+    eval_dir = property(lambda self: self.dir / "eval")
+    report_dir = property(lambda self: self.dir / "report")
+    report = property(lambda self: self.dir / "report" / "REPORT.md")
+
+    def eval_result(self, row: str) -> Path:
+        """``eval/<row>.json``: one evaluation row (``simclr evaluate``)."""
+        return self.eval_dir / f"{row}.json"
+
+    def report_figure(self, name: str) -> Path:
+        """``report/<name>.png``: a figure of ``simclr report``."""
+        return self.report_dir / f"{name}.png"
 
 
 class ArtifactHome:

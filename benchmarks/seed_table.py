@@ -1,0 +1,92 @@
+"""The seed's table on this machine: the CPU recipe end to end, every row, wall-clock per stage.
+
+usage: python benchmarks/seed_table.py [--data DIR] [--home DIR] [--out benchmarks/results/seed_table_cpu.json]
+
+Runs, in a fresh home (a temporary one unless --home is given):
+
+    simclr pretrain --preset cpu --data DIR      (90 min on a time budget)
+    simclr evaluate --preset cpu                 (every row; end-to-end rows 25 min each)
+    simclr report
+
+and writes every evaluation row, the seconds of each stage, the machine and the
+commands to --out. The DESIGN.md bar (pretrain + fine-tune within 120 minutes)
+is checked on pretraining plus the SimCLR fine-tune row. Takes about three hours
+on two cores; never part of the tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import machine  # noqa: E402
+
+
+def run_stage(simclr: str, args: list[str]) -> float:
+    print("$ simclr " + " ".join(shlex.quote(a) for a in args), flush=True)
+    t = time.perf_counter()
+    subprocess.run([simclr, *args], check=True)
+    return round(time.perf_counter() - t, 1)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", default="../shared/datasets/cifar10-jpeg", help="image folder or cifar10 (default: %(default)s)")
+    p.add_argument("--home", help="artifacts folder to keep the run in (default: a temporary folder, deleted after)")
+    p.add_argument("--pretrain-budget", default=None, help="override the preset's pretraining time budget, e.g. 90m (default: the preset's)")
+    p.add_argument("--eval-budget", default=None, help="override each end-to-end row's time budget, e.g. 25m (default: the preset's)")
+    p.add_argument("--rows", default="linear,finetune,random,supervised,knn", help="row groups to evaluate (default: %(default)s)")
+    p.add_argument("--out", default="benchmarks/results/seed_table_cpu.json", help="result file (default: %(default)s)")
+    a = p.parse_args()
+    simclr = str(Path(sys.executable).parent / "simclr")
+    with tempfile.TemporaryDirectory() as tmp:
+        home = a.home or tmp
+        pretrain = ["pretrain", "--preset", "cpu", "--data", a.data, "--home", home]
+        evaluate = ["evaluate", "--preset", "cpu", "--rows", a.rows, "--home", home]
+        if a.pretrain_budget:
+            pretrain += ["--time-budget", a.pretrain_budget]
+        if a.eval_budget:
+            evaluate += ["--time-budget", a.eval_budget]
+        report = ["report", "--home", home]
+        seconds = {name: run_stage(simclr, args) for name, args in (("pretrain", pretrain), ("evaluate", evaluate), ("report", report))}
+        runs = sorted((Path(home) / "runs").iterdir(), key=lambda d: d.stat().st_mtime)
+        run = runs[-1]
+        rows = {f.stem: json.loads(f.read_text()) for f in sorted((run / "eval").glob("*.json"))}
+        history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+        report_text = (run / "report" / "REPORT.md").read_text()
+        config = json.loads((run / "config.json").read_text())
+    for row in rows.values():
+        row.pop("classes", None)
+        row.pop("data", None)
+    finetune_s = rows.get("simclr_finetune_10", {}).get("seconds")
+    result = {
+        "benchmark": "seed_table_cpu",
+        "command": " ".join(shlex.quote(c) for c in [sys.executable, *sys.argv]),
+        "stage_commands": [" ".join(["simclr", *c]).replace(home, "<home>") for c in (pretrain, evaluate, report)],
+        "machine": machine(),
+        "stage_wall_seconds": seconds,
+        "pretrain_train_seconds": history[-1].get("train_seconds") if history else None,
+        "pretrain_epochs": history[-1]["epoch"] if history else 0,
+        "pretrain_plus_finetune_minutes": round((seconds["pretrain"] + (finetune_s or 0)) / 60, 1),
+        "pretrain_config": config["pretrain"],
+        "rows": rows,
+        "seed": {"simclr_finetune_10": [0.774, 0.948], "simclr_linear_10": [0.713, 0.936],
+                 "random_finetune_10": [0.382, 0.601], "random_linear_10": [0.156, 0.344]},
+        "report": report_text,
+    }
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.out).write_text(json.dumps(result, indent=2) + "\n")
+    for name, row in rows.items():
+        print(f"{name:20s} top-1 {row['top1']:.1%}  top-3 {row['top3']:.1%}")
+    print(f"stages: {seconds} -> {a.out}")
+
+
+if __name__ == "__main__":
+    main()

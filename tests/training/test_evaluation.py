@@ -1,0 +1,95 @@
+"""`simclr evaluate` and `simclr report` on a tiny real run (width-8 ResNet, 400 train / 100 test images)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from training.artifacts import ArtifactHome, sha256_file
+from training.cli import main as simclr
+from training.evaluation_suite import ALL_ROWS, parse_groups
+from training.linear_eval import encode, linear_probe
+from training.models import EncoderSpec, build_encoder
+
+ROW_KEYS = {"row", "top1", "top3", "n_train", "n_test", "encoder", "method", "label_fraction", "seconds", "classes"}
+
+
+@pytest.fixture(scope="module")
+def evaluated_home(tiny_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    home = tmp_path_factory.mktemp("eval-home")
+    common = ["--home", str(home)]
+    simclr(["pretrain", *common, "--data", str(tiny_folder), "--width", "8", "--batch-size", "100",
+            "--epochs", "2", "--proj-dim", "16"])
+    run = ArtifactHome(home).run()
+    before = sha256_file(run.encoder)
+    simclr(["evaluate", *common, "--epochs", "1"])
+    assert sha256_file(run.encoder) == before  # evaluation never writes the run's encoder
+    simclr(["index", *common])
+    simclr(["report", *common])
+    return home
+
+
+def test_every_row_is_well_formed(evaluated_home: Path) -> None:
+    run = ArtifactHome(evaluated_home).run()
+    for row in ALL_ROWS:
+        result = json.loads(run.eval_result(row).read_text())
+        assert ROW_KEYS <= result.keys(), row
+        assert result["row"] == row and result["n_test"] == 100
+        assert 0.0 <= result["top1"] <= result["top3"] <= 1.0, row
+    sizes = {row: json.loads(run.eval_result(row).read_text())["n_train"] for row in ALL_ROWS}
+    assert sizes["simclr_linear_10"] == sizes["simclr_finetune_10"] == sizes["supervised_10"] == 40
+    assert sizes["simclr_linear_100"] == sizes["supervised_100"] == sizes["simclr_knn"] == 400
+    supervised_10 = json.loads(run.eval_result("supervised_10").read_text())
+    assert supervised_10["same_as"] == "random_finetune_10" and supervised_10["method"] == "supervised"
+
+
+def test_linear_eval_leaves_the_encoder_bit_identical(evaluated_home: Path) -> None:
+    from training.data import load_split
+
+    run = ArtifactHome(evaluated_home).run()
+    cfg = json.loads(run.config.read_text())["pretrain"]
+    data = load_split(cfg["data"], "train", data_dir=ArtifactHome(evaluated_home).data)
+    torch.manual_seed(0)
+    encoder = build_encoder(EncoderSpec(width=8)).train()
+    before = {k: v.clone() for k, v in encoder.state_dict().items()}
+    pick = torch.randperm(len(data), generator=torch.Generator().manual_seed(0))[:200]
+    x, y = encode(encoder, data.images[pick]), data.labels[pick]
+    acc = linear_probe(x[:150], y[:150], x[150:], y[150:], 10, steps=20)
+    assert 0.0 <= acc["top1"] <= acc["top3"] <= 1.0
+    after = encoder.state_dict()
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_report_has_the_table_and_figures(evaluated_home: Path) -> None:
+    run = ArtifactHome(evaluated_home).run()
+    text = run.report.read_text()
+    assert "| SimCLR |" in text and "| random init |" in text
+    assert "77.4% / 94.8%" in text and "71.3% / 93.6%" in text and "38.2% / 60.1%" in text and "15.6% / 34.4%" in text
+    assert "supervised from scratch, 100% labels" in text and "weighted kNN" in text
+    assert "not run" not in text
+    for name in ("loss", "accuracy", "neighbours"):
+        assert run.report_figure(name).stat().st_size > 0
+        assert f"({name}.png)" in text
+
+
+def test_report_shows_missing_rows_as_not_run(evaluated_home: Path) -> None:
+    home = ArtifactHome(evaluated_home)
+    run = home.run()
+    bare = home.runs / "bare"
+    shutil.copytree(run.dir, bare, ignore=shutil.ignore_patterns("eval", "index", "report"))
+    simclr(["report", "--home", str(evaluated_home), "--run", "bare"])  # embeds the test split: no index/
+    text = (bare / "report" / "REPORT.md").read_text()
+    assert text.count("not run") == 9  # 3 + 3 in the seed table, kNN and both supervised rows
+    assert (bare / "report" / "neighbours.png").stat().st_size > 0
+
+
+def test_unknown_rows_are_refused(tmp_path: Path) -> None:
+    assert parse_groups("knn, linear") == ["knn", "linear"]
+    with pytest.raises(SystemExit) as e:
+        simclr(["evaluate", "--home", str(tmp_path), "--rows", "linear,bogus"])
+    assert "unknown evaluation rows" in str(e.value)

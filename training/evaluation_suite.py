@@ -1,0 +1,183 @@
+"""The ``evaluate`` stage: every row of the seed's table (and more) for one run, one JSON per row.
+
+Rows (``eval/<row>.json`` in the run, each with top-1 / top-3 on the whole test split):
+
+- ``linear``:     SimCLR encoder frozen, linear classifier on 10% and on 100% of the labels
+- ``finetune``:   SimCLR encoder + linear head trained end to end on the 10% subset
+- ``random``:     the same three from a randomly initialised encoder of the same architecture
+- ``supervised``: a random-init classifier trained end to end (crop + flip) on 10% and 100%
+                  of the labels; the 10% row *is* the random-init fine-tune, so it is reused
+                  when that row ran with the same settings
+- ``knn``:        weighted kNN (k, T of the run's config: 200, 0.1 by default), all train labels
+
+The labelled 10% is the stratified subset ``training.finetune`` uses (fixed seed).
+Features for the linear and kNN rows are computed once per encoder.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import replace
+from typing import Any
+
+import torch
+
+from training.artifacts import ArtifactHome, RunPaths
+from training.atomic import atomic_write_json
+from training.config import FinetuneConfig
+from training.data import DataError, ImageSet, has_split, load_split, stratified_indices
+from training.evaluate import topk_accuracy, weighted_knn_predict
+from training.finetune import finetune, load_encoder, run_config
+from training.linear_eval import encode, linear_probe
+from training.models import EncoderSpec, build_encoder, feature_dim
+from training.runtime import pick_device, set_threads
+
+GROUPS: dict[str, tuple[str, ...]] = {
+    "linear": ("simclr_linear_10", "simclr_linear_100"),
+    "finetune": ("simclr_finetune_10",),
+    "random": ("random_linear_10", "random_linear_100", "random_finetune_10"),
+    "supervised": ("supervised_10", "supervised_100"),
+    "knn": ("simclr_knn",),
+}
+FRACTION = 0.1  # the labelled subset of every "_10" row, as in the seed
+ALL_ROWS = tuple(row for rows in GROUPS.values() for row in rows)
+
+
+def parse_groups(text: str) -> list[str]:
+    groups = [g.strip() for g in text.split(",") if g.strip()]
+    unknown = [g for g in groups if g not in GROUPS]
+    if unknown or not groups:
+        raise ValueError(f"unknown evaluation rows {unknown or text!r}; choose from {','.join(GROUPS)}")
+    return groups
+
+
+def load_results(run: RunPaths) -> dict[str, dict[str, Any]]:
+    """The rows written so far, by name."""
+    out = {}
+    for row in ALL_ROWS:
+        path = run.eval_result(row)
+        if path.exists():
+            out[row] = json.loads(path.read_text())
+    return out
+
+
+class Suite:
+    """One run's evaluation: its data on the device, its encoders and their features."""
+
+    def __init__(self, home: ArtifactHome, run: RunPaths, cfg: FinetuneConfig, data: str | None = None, limit: int | None = None) -> None:
+        self.run, self.cfg = run, cfg
+        self.pcfg = run_config(run)
+        self.spec = EncoderSpec(self.pcfg.arch, self.pcfg.width, self.pcfg.image_size)
+        self.device = pick_device(cfg.device)
+        self.src = data or self.pcfg.data
+        lim = limit if limit is not None else self.pcfg.limit
+        train = load_split(self.src, "train", data_dir=home.data, image_size=self.pcfg.image_size, limit=lim, seed=self.pcfg.seed)
+        if not train.labelled:
+            raise DataError(f"evaluation needs labels: {self.src} must have one subfolder per class")
+        self.test_split = "test" if has_split(self.src, "test") else "train"
+        test = load_split(self.src, self.test_split, data_dir=home.data, image_size=self.pcfg.image_size, limit=lim, seed=self.pcfg.seed)
+        self.train = ImageSet(train.images.to(self.device), train.labels.to(self.device), train.classes, [])
+        self.test = ImageSet(test.images.to(self.device), test.labels.to(self.device), test.classes, [])
+        self.classes = train.classes
+        self._features: dict[str, tuple[torch.Tensor, torch.Tensor, float]] = {}
+        self.results: dict[str, dict[str, Any]] = {}
+
+    def encoder(self, kind: str) -> torch.nn.Module:
+        """A fresh copy of the run's SimCLR encoder, or a random one (seeded) of the same architecture."""
+        if kind == "simclr":
+            return load_encoder(self.run, self.pcfg)
+        torch.manual_seed(self.cfg.seed)
+        return build_encoder(self.spec)
+
+    def labelled(self, fraction: float) -> torch.Tensor:
+        if fraction >= 1:
+            return torch.arange(len(self.train), device=self.device)
+        return stratified_indices(self.train.labels.cpu(), fraction, self.cfg.seed).to(self.device)
+
+    def features(self, kind: str) -> tuple[torch.Tensor, torch.Tensor, float]:
+        if kind not in self._features:
+            t = time.perf_counter()
+            enc = self.encoder(kind).to(self.device).to(memory_format=torch.channels_last)
+            train_x = encode(enc, self.train.images, device=self.device, desc=f"{kind} features (train)")
+            test_x = encode(enc, self.test.images, device=self.device, desc=f"{kind} features (test)")
+            self._features[kind] = (train_x, test_x, time.perf_counter() - t)
+        return self._features[kind]
+
+    def save(self, row: str, acc: dict[str, float], **info: Any) -> dict[str, Any]:
+        record = {
+            "row": row, "top1": acc["top1"], "top3": acc["top3"], "n_test": len(self.test), "test_split": self.test_split,
+            "data": self.src, "classes": self.classes, "run_id": self.run.run_id, **info,
+        }
+        atomic_write_json(self.run.eval_result(row), record)
+        self.results[row] = record
+        print(f"{row}: top-1 {acc['top1']:.1%}, top-3 {acc['top3']:.1%}")
+        return record
+
+    def linear(self, kind: str, fraction: float) -> dict[str, Any]:
+        train_x, test_x, feat_s = self.features(kind)
+        keep = self.labelled(fraction)
+        t = time.perf_counter()
+        acc = linear_probe(train_x[keep], self.train.labels[keep], test_x, self.test.labels, len(self.classes), seed=self.cfg.seed)
+        row = f"{kind}_linear_{round(fraction * 100)}"
+        return self.save(row, acc, encoder=kind, method="linear", label_fraction=fraction, n_train=len(keep),
+                         seconds=time.perf_counter() - t, feature_seconds=feat_s)
+
+    def end_to_end(self, kind: str, fraction: float, row: str, method: str = "finetune") -> dict[str, Any]:
+        cfg = replace(self.cfg, label_fraction=fraction)
+        keep = self.labelled(fraction)
+        labelled = ImageSet(self.train.images[keep], self.train.labels[keep], self.classes, [])
+        print(f"{row}: end to end on {len(labelled)} labelled images ({fraction:.0%}), {kind} init")
+        _, m = finetune(self.encoder(kind), feature_dim(self.spec), labelled, self.test, cfg)
+        return self.save(row, {"top1": m["finetune_top1"], "top3": m["finetune_top3"]}, encoder=kind, method=method,
+                         label_fraction=fraction, n_train=len(keep), seconds=m["finetune_seconds"],
+                         epochs=m["finetune_epochs"], finetune_config=cfg.as_dict())
+
+    def knn(self) -> dict[str, Any]:
+        train_x, test_x, feat_s = self.features("simclr")
+        t = time.perf_counter()
+        scores = weighted_knn_predict(train_x, self.train.labels, test_x, n_classes=len(self.classes),
+                                      k=self.pcfg.knn_k, temperature=self.pcfg.knn_temperature)
+        acc = topk_accuracy(scores.cpu(), self.test.labels.cpu(), (1, 3))
+        return self.save("simclr_knn", acc, encoder="simclr", method="knn", label_fraction=1.0, n_train=len(self.train),
+                         k=self.pcfg.knn_k, temperature=self.pcfg.knn_temperature, seconds=time.perf_counter() - t,
+                         feature_seconds=feat_s)
+
+    def supervised_10(self) -> dict[str, Any]:
+        """The random-init fine-tune on 10% is this baseline: reuse it when it ran with these settings."""
+        random_row = self.results.get("random_finetune_10") or load_results(self.run).get("random_finetune_10")
+        want = replace(self.cfg, label_fraction=FRACTION).as_dict()
+        if random_row and random_row.get("finetune_config") == want:
+            info = {k: v for k, v in random_row.items() if k not in ("row", "top1", "top3")}
+            return self.save("supervised_10", random_row, **{**info, "method": "supervised", "same_as": "random_finetune_10"})
+        return self.end_to_end("random", FRACTION, "supervised_10", "supervised")
+
+    def run_group(self, group: str) -> None:
+        frac = FRACTION
+        if group == "linear":
+            self.linear("simclr", frac)
+            self.linear("simclr", 1.0)
+        elif group == "finetune":
+            self.end_to_end("simclr", frac, "simclr_finetune_10")
+        elif group == "random":
+            self.linear("random", frac)
+            self.linear("random", 1.0)
+            self.end_to_end("random", frac, "random_finetune_10")
+        elif group == "supervised":
+            self.supervised_10()
+            self.end_to_end("random", 1.0, "supervised_100", "supervised")
+        elif group == "knn":
+            self.knn()
+
+
+def main(cfg: FinetuneConfig, home: ArtifactHome, run: RunPaths, groups: list[str], data: str | None = None,
+         limit: int | None = None) -> dict[str, dict[str, Any]]:
+    """Run the named row groups on ``run``; returns the rows written, by name."""
+    set_threads()
+    suite = Suite(home, run, cfg, data=data, limit=limit)
+    print(f"evaluating run {run.run_id} on {len(suite.train)} train / {len(suite.test)} {suite.test_split} images: {', '.join(groups)}")
+    for group in groups:
+        t = time.perf_counter()
+        suite.run_group(group)
+        print(f"[{group}] done in {time.perf_counter() - t:.1f}s")
+    return suite.results

@@ -1,0 +1,82 @@
+"""Linear evaluation: a linear classifier on frozen encoder features (the seed's "linear eval").
+
+Features of the train and test images are computed once, with the encoder in
+eval mode and without augmentation; the encoder's weights and buffers are never
+touched. A softmax regression is then fitted on (standardised) features by
+full-batch Adam and scored top-1 / top-3 on the whole test split.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from training.evaluate import features, topk_accuracy
+
+LINEAR_STEPS = 500
+LINEAR_LR = 0.01
+LINEAR_WEIGHT_DECAY = 1e-4
+SMALL = 1 << 20  # feature elements below which the probe runs on one CPU thread
+
+
+def encode(
+    encoder: nn.Module, images: torch.Tensor, *, device: torch.device | str = "cpu", desc: str = "features", chunk: int = 2048
+) -> torch.Tensor:
+    """L2-normalised features ``(N, D)`` of uint8 images, in eval mode, with a progress bar."""
+    out = []
+    for start in tqdm(range(0, len(images), chunk), desc=desc, unit="chunk", leave=False):
+        out.append(features(encoder, images[start : start + chunk], device=device))
+    return torch.cat(out)
+
+
+def fit_linear(
+    train_x: torch.Tensor,
+    train_y: torch.Tensor,
+    n_classes: int,
+    *,
+    steps: int = LINEAR_STEPS,
+    lr: float = LINEAR_LR,
+    weight_decay: float = LINEAR_WEIGHT_DECAY,
+    seed: int = 0,
+) -> tuple[nn.Linear, torch.Tensor, torch.Tensor]:
+    """A linear layer fitted on standardised features; returns it with the train mean and std."""
+    mean, std = train_x.mean(0, keepdim=True), train_x.std(0, keepdim=True).clamp_min(1e-6)
+    x = (train_x - mean) / std
+    torch.manual_seed(seed)
+    head = nn.Linear(x.shape[1], n_classes).to(x.device)
+    opt = torch.optim.Adam(head.parameters(), lr=lr)
+    for step in tqdm(range(steps), desc="linear probe", unit="step", leave=False):
+        for group in opt.param_groups:
+            group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / steps))
+        loss = F.cross_entropy(head(x), train_y) + weight_decay * head.weight.pow(2).sum()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return head, mean, std
+
+
+def linear_probe(
+    train_x: torch.Tensor,
+    train_y: torch.Tensor,
+    test_x: torch.Tensor,
+    test_y: torch.Tensor,
+    n_classes: int,
+    **fit_kwargs: float,
+) -> dict[str, float]:
+    """``{"top1", "top3"}`` on the test features of a linear classifier fitted on the train features."""
+    # Small problems on CPU: thread start-up and spin-waits cost more than the arithmetic.
+    threads = torch.get_num_threads()
+    if train_x.device.type == "cpu" and train_x.numel() < SMALL:
+        torch.set_num_threads(1)
+    try:
+        with torch.enable_grad():
+            head, mean, std = fit_linear(train_x, train_y, n_classes, **fit_kwargs)  # type: ignore[arg-type]
+    finally:
+        torch.set_num_threads(threads)
+    with torch.no_grad():
+        scores = head((test_x - mean) / std).float().cpu()
+    return topk_accuracy(scores, test_y.cpu(), (1, 3))

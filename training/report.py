@@ -1,0 +1,143 @@
+"""The ``report`` stage: ``report/REPORT.md`` (the seed's table beside ours) and its figures.
+
+Reads what the other stages wrote into the run (``metrics.jsonl``, ``eval/*.json``,
+``index/``); a row that was not evaluated shows as "not run".
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from training import report_figures
+from training.artifacts import INDEX_FILE, ITEMS_FILE, PIXELS_FILE, ArtifactHome, RunPaths
+from training.atomic import atomic_write_bytes
+from training.data import has_split, load_split
+from training.evaluation_suite import load_results
+from training.finetune import load_encoder, run_config
+from training.linear_eval import encode
+
+# The seed's GPU numbers (DESIGN.md): ResNet-50, 50 epochs, heads on 10% of the labels.
+SEED_TABLE = {
+    ("simclr", "finetune"): (0.774, 0.948),
+    ("simclr", "linear"): (0.713, 0.936),
+    ("random", "finetune"): (0.382, 0.601),
+    ("random", "linear"): (0.156, 0.344),
+}
+NOT_RUN = "not run"
+N_QUERIES, N_NEIGHBOURS = 4, 5
+
+
+def cell(row: dict[str, Any] | None) -> str:
+    return NOT_RUN if row is None else f"{row['top1']:.1%} / {row['top3']:.1%}"
+
+
+def seed_cell(key: tuple[str, str]) -> str:
+    top1, top3 = SEED_TABLE[key]
+    return f"{top1:.1%} / {top3:.1%}"
+
+
+def table(results: dict[str, dict[str, Any]]) -> str:
+    """The seed's table (rows SimCLR, random init) with our numbers beside the seed's, then the other rows."""
+    lines = [
+        "| | end-to-end fine-tune, 10% labels | seed | linear eval, 10% labels | seed | linear eval, 100% labels |",
+        "|---|---|---|---|---|---|",
+    ]
+    for kind, name in (("simclr", "SimCLR"), ("random", "random init")):
+        lines.append(
+            f"| {name} | {cell(results.get(f'{kind}_finetune_10'))} | {seed_cell((kind, 'finetune'))} "
+            f"| {cell(results.get(f'{kind}_linear_10'))} | {seed_cell((kind, 'linear'))} "
+            f"| {cell(results.get(f'{kind}_linear_100'))} |"
+        )
+    knn = results.get("simclr_knn")
+    knn_name = f"SimCLR, weighted kNN (k={knn['k']}, T={knn['temperature']}), 100% labels" if knn else "SimCLR, weighted kNN, 100% labels"
+    lines += [
+        "",
+        "| | top-1 / top-3 |",
+        "|---|---|",
+        f"| {knn_name} | {cell(knn)} |",
+        f"| supervised from scratch, 10% labels | {cell(results.get('supervised_10'))} |",
+        f"| supervised from scratch, 100% labels | {cell(results.get('supervised_100'))} |",
+    ]
+    return "\n".join(lines)
+
+
+def read_history(run: RunPaths) -> list[dict[str, float]]:
+    if not run.metrics.exists():
+        return []
+    return [json.loads(line) for line in run.metrics.read_text().splitlines() if line.strip()]
+
+
+def class_names(run: RunPaths, results: dict[str, dict[str, Any]]) -> list[str] | None:
+    for row in results.values():
+        if row.get("classes"):
+            return list(row["classes"])
+    if run.finetune.exists():
+        return list(json.loads(run.finetune.read_text()).get("classes", [])) or None
+    return None
+
+
+def embedded_items(home: ArtifactHome, run: RunPaths, names: list[str] | None) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
+    """(vectors, pixels, labels, class names): from the run's index if it has one, else by embedding the test split."""
+    idx = run.index_dir
+    if all((idx / f).exists() for f in (INDEX_FILE, ITEMS_FILE, PIXELS_FILE)):
+        import faiss
+
+        index = faiss.deserialize_index(np.fromfile(idx / INDEX_FILE, dtype=np.uint8))
+        vectors = index.reconstruct_n(0, index.ntotal)
+        labels = np.asarray(json.loads((idx / ITEMS_FILE).read_text())["labels"])
+        return vectors, np.load(idx / PIXELS_FILE), labels, names or []
+    cfg = run_config(run)
+    split = "test" if has_split(cfg.data, "test") else "train"
+    items = load_split(cfg.data, split, data_dir=home.data, image_size=cfg.image_size, limit=cfg.limit, seed=cfg.seed)
+    vectors = encode(load_encoder(run, cfg), items.images, desc=f"embedding {split}").numpy()
+    return vectors, items.images.numpy(), items.labels.numpy(), names or items.classes
+
+
+def nearest(vectors: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
+    sims = torch.from_numpy(vectors[queries]) @ torch.from_numpy(vectors).T
+    sims[torch.arange(len(queries)), torch.from_numpy(queries)] = -float("inf")  # not itself
+    return sims.topk(min(k, len(vectors) - 1), dim=1).indices.numpy()
+
+
+def main(home: ArtifactHome, run: RunPaths, seed: int = 0) -> Path:
+    """Write ``report/REPORT.md`` and its PNGs into ``run``; returns the report's path."""
+    results = load_results(run)
+    history = read_history(run)
+    cfg = run_config(run)
+    figures = {}
+    if history:
+        report_figures.loss_curve(history, run.report_figure("loss"))
+        figures["Contrastive loss"] = "loss"
+    refs = {f"supervised, {p}% labels": results[f"supervised_{p}"]["top1"] for p in (10, 100) if f"supervised_{p}" in results}
+    report_figures.accuracy_curve(history, refs, run.report_figure("accuracy"))
+    figures["Test accuracy (weighted kNN) during pretraining, supervised baselines as lines"] = "accuracy"
+    vectors, pixels, labels, names = embedded_items(home, run, class_names(run, results))
+    if len(vectors) > 1:
+        queries = np.sort(np.random.default_rng(seed).choice(len(vectors), size=min(N_QUERIES, len(vectors)), replace=False))
+        report_figures.neighbour_grid(pixels, labels, queries, nearest(vectors, queries, N_NEIGHBOURS), names, run.report_figure("neighbours"))
+        figures[f"{N_NEIGHBOURS} nearest neighbours of {len(queries)} random images"] = "neighbours"
+    epochs = history[-1]["epoch"] if history else 0
+    minutes = history[-1].get("train_seconds", 0) / 60 if history else 0
+    seconds = {r: round(v.get("seconds", 0.0)) for r, v in results.items()}
+    text = "\n".join([
+        f"# SimCLR evaluation: run {run.run_id}",
+        "",
+        f"Encoder {cfg.arch} (width {cfg.width}), pretrained {epochs} epochs ({minutes:.0f} min) on `{cfg.data}`: "
+        f"batch {cfg.batch_size}, {cfg.optimizer} lr {cfg.lr}, temperature {cfg.temperature}, projection {cfg.proj_dim}.",
+        "Top-1 / top-3 on the whole test split. \"seed\": the seed's GPU run (ResNet-50, 50 epochs). "
+        "Heads on 10% of the labels use the stratified subset of `simclr finetune`.",
+        "",
+        table(results),
+        "",
+        f"Seconds per row (training only): {json.dumps(seconds) if seconds else 'none'}",
+        "",
+        *[f"## {title}\n\n![{name}]({name}.png)\n" for title, name in figures.items()],
+    ])
+    atomic_write_bytes(run.report, (text + "\n").encode())
+    print(f"report: {run.report}")
+    return run.report
