@@ -2,9 +2,13 @@
 
 By default OpenMP threads spin for a while after each parallel region, waiting
 for more work. In a training loop that is right; in a server the spinning
-threads steal the cores that decode uploads and answer HTTP. Measured on the
-2-core build machine, 32 connections: /classify 134 -> 245 requests/s and
-/neighbors?id= 406 -> 1144 requests/s with PASSIVE instead of the default.
+threads steal the cores that decode uploads and answer HTTP, and starve
+everything when another process (say `simclr refresh`) shares the machine.
+Measured on the 2-core build machine, 32 connections, quick model, wrk:
+with another process busy, /classify 134 -> 245 and /neighbors?id= 406 -> 1144
+requests/s with PASSIVE; on an idle machine /classify 221 -> 248 and
+/neighbors?id= 1254 -> 1069 (two runs each). PASSIVE is the robust default;
+set OMP_WAIT_POLICY=ACTIVE for a dedicated machine that serves mostly ids.
 """
 
 from __future__ import annotations
