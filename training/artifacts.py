@@ -162,10 +162,6 @@ class ArtifactHome:
             raise BundleError(f"no bundle {version!r} under {self.models}")
         atomic_write_bytes(self.pointer, (version + "\n").encode())
 
-    def versions(self) -> list[str]:
-        if not self.models.exists():
-            return []
-        return sorted(p.name for p in self.models.iterdir() if (p / MANIFEST_FILE).exists())
 
 
 def write_index_dir(
