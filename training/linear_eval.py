@@ -23,14 +23,9 @@ LINEAR_WEIGHT_DECAY = 1e-4
 SMALL = 1 << 20  # feature elements below which the probe runs on one CPU thread
 
 
-def encode(
-    encoder: nn.Module, images: torch.Tensor, *, device: torch.device | str = "cpu", desc: str = "features", chunk: int = 2048
-) -> torch.Tensor:
+def encode(encoder: nn.Module, images: torch.Tensor, *, device: torch.device | str = "cpu", desc: str = "features") -> torch.Tensor:
     """L2-normalised features ``(N, D)`` of uint8 images, in eval mode, with a progress bar."""
-    out = []
-    for start in tqdm(range(0, len(images), chunk), desc=desc, unit="chunk", leave=False):
-        out.append(features(encoder, images[start : start + chunk], device=device))
-    return torch.cat(out)
+    return features(encoder, images, device=device, desc=desc)
 
 
 def fit_linear(
