@@ -183,13 +183,14 @@ def main() -> None:
         sys.exit("wrk is not installed: apt-get install -y wrk")
     connections = [int(c) for c in a.connections.split(",")]
 
+    from service.inference import for_serving
     from training.artifacts import ArtifactHome, load_bundle
 
     home = ArtifactHome(a.home)
     version = home.current_version()
     if version is None:
         sys.exit(f"no published model under {home.root}: run `simclr refresh --home {home.root} --data SRC` first")
-    bundle = load_bundle(home.bundle_dir(version))
+    bundle = for_serving(load_bundle(home.bundle_dir(version)))  # the models exactly as the server runs them
     image = np.asarray(bundle.pixels[0])
     print(f"model {version}: raw classifier throughput, batch {a.max_batch_size} ...", flush=True)
     raw = raw_classifier(bundle, image, a.max_batch_size, a.torch_threads, a.raw_seconds or a.seconds)

@@ -26,3 +26,18 @@ def search(index: faiss.Index, queries: np.ndarray, k: int) -> tuple[np.ndarray,
 def reconstruct(index: faiss.Index, item_id: int) -> np.ndarray:
     """The stored embedding ``(D,)`` of one indexed item."""
     return index.reconstruct(int(item_id))
+
+
+def neighbor_table(index: faiss.Index, k: int, batch: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+    """Every indexed item's ``k`` best ``(scores, ids)``, each ``(N, k)``: the index searched against itself.
+
+    Itself included (first, unless a duplicate ties with it). Exact, in batches of
+    ``batch`` queries; costs ``N**2 * D`` multiply-adds, so it is for small indexes.
+    """
+    n = index.ntotal
+    k = min(k, n)
+    scores, ids = np.empty((n, k), dtype=np.float32), np.empty((n, k), dtype=np.int64)
+    for start in range(0, n, batch):
+        rows = min(batch, n - start)
+        scores[start : start + rows], ids[start : start + rows] = index.search(index.reconstruct_n(start, rows), k)
+    return scores, ids

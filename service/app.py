@@ -94,7 +94,7 @@ def make_batchers(settings: Settings, app_metrics: Metrics | None = None) -> Bat
 def create_app(settings: Settings | None = None) -> FastAPI:
     """The app over ``settings.home``. Cheap: the bundle is loaded by the lifespan, at startup."""
     settings = settings or Settings()
-    store = ModelStore(ArtifactHome(settings.home))
+    store = ModelStore(ArtifactHome(settings.home), settings.neighbor_table_max_items)
     app_metrics = Metrics(store)
     batchers = make_batchers(settings, app_metrics)
 

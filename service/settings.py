@@ -25,6 +25,9 @@ class Settings(BaseSettings):
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list, description="empty = CORS closed")
     reload_interval: float = Field(2.0, ge=0, description="seconds between checks of CURRENT for a new model; 0 = never")
     max_batch_size: int = Field(32, ge=1, description="most images in one forward pass (dynamic batching)")
+    neighbor_table_max_items: int = Field(
+        20_000, ge=0, description="indexes up to this size get every item's neighbours precomputed at load; 0 = never"
+    )
     max_batch_wait_ms: float = Field(5.0, ge=0, description="how long a batch waits for more requests to join, in ms")
     # Bearer token for /admin/*; unset (or empty) = admin endpoints disabled (403).
     admin_token: SecretStr | None = Field(None, description="bearer token of /admin/*; unset = admin disabled")

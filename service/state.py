@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 
+from service.inference import for_serving
 from training.artifacts import ArtifactHome, LoadedBundle, load_bundle
 
 log = logging.getLogger("service")
@@ -22,8 +23,9 @@ NO_MODEL = "no model published yet; run `simclr refresh --data SRC --home DIR` t
 class ModelStore:
     """Holds the current :class:`LoadedBundle` (or None) for one artifact home."""
 
-    def __init__(self, home: ArtifactHome) -> None:
+    def __init__(self, home: ArtifactHome, neighbor_table_max_items: int = 20_000) -> None:
         self.home = home
+        self.neighbor_table_max_items = neighbor_table_max_items  # see service.inference.for_serving
         self.bundle: LoadedBundle | None = None
         self.error: str | None = None  # why the version CURRENT names is not the one served
         self.refused_version: str | None = None  # the version ``error`` is about
@@ -49,7 +51,7 @@ class ModelStore:
                 return False
             self._tried = version
             try:
-                bundle = load_bundle(self.home.bundle_dir(version))
+                bundle = for_serving(load_bundle(self.home.bundle_dir(version)), self.neighbor_table_max_items)
             except Exception as e:  # noqa: BLE001 - BundleError mostly; a reload must never kill the service
                 self.error, self.refused_version = f"model {version} could not be loaded: {e}", version
                 self.refusals += 1

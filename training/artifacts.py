@@ -266,6 +266,8 @@ class LoadedBundle:
     labels: np.ndarray  # (N,) int64
     sources: list[str]
     pixels: np.ndarray  # (N, 3, H, W) uint8, memory-mapped
+    # Each item's best (scores, ids), (N, k) each, itself included; precomputed by the service for small indexes.
+    id_neighbors: tuple[np.ndarray, np.ndarray] | None = None
 
     @property
     def version(self) -> str:

@@ -13,13 +13,14 @@ from starlette.concurrency import run_in_threadpool
 from index.embed import embed
 from index.faiss_index import reconstruct, search
 from service.deps import BatchersDep, BundleDep, SettingsDep
+from service.inference import MAX_K
 from service.schemas import Neighbor, NeighborQuery, NeighborsResponse, errors
 from service.uploads import decode_image, read_upload
 from training.artifacts import LoadedBundle
 
 router = APIRouter(tags=["model"])
 
-K = Query(ge=1, le=100, description="how many neighbours, 1..100")
+K = Query(ge=1, le=MAX_K, description=f"how many neighbours, 1..{MAX_K}")
 
 
 def check_id(bundle: LoadedBundle, item_id: int) -> None:
@@ -72,9 +73,13 @@ async def neighbors_of_id(
 ) -> NeighborsResponse:
     """The k indexed images most similar to indexed image ``id``, not counting itself."""
     check_id(bundle, item_id)
-    # On the event loop on purpose: exact search of one query over tens of thousands of
-    # vectors takes about a millisecond, less than a hop to the threadpool and back.
-    found = neighbors(bundle, reconstruct(bundle.index, item_id), k, exclude=item_id)
+    if bundle.id_neighbors is not None:  # precomputed at load for small indexes (service.inference)
+        scores, ids = bundle.id_neighbors
+        found = hits(bundle, scores[item_id], ids[item_id], k, exclude=item_id)
+    else:
+        # On the event loop on purpose: exact search of one query over tens of thousands of
+        # vectors takes about a millisecond, less than a hop to the threadpool and back.
+        found = neighbors(bundle, reconstruct(bundle.index, item_id), k, exclude=item_id)
     return NeighborsResponse(model_version=bundle.version, query=NeighborQuery(id=item_id), neighbors=found)
 
 
