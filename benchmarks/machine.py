@@ -26,6 +26,9 @@ def machine() -> dict[str, object]:
         import torch
 
         info["torch"] = torch.__version__
+        info["cpu_capability"] = torch.backends.cpu.get_cpu_capability()
+        # Whether bf16 autocast runs natively (AVX512-BF16/AMX): it decides the CPU's training speed.
+        info["cpu_bf16"] = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
         if torch.cuda.is_available():
             info["gpu"] = torch.cuda.get_device_name(0)
     except ImportError:
