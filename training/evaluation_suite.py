@@ -121,7 +121,7 @@ class Suite:
         acc = linear_probe(train_x[keep], self.train.labels[keep], test_x, self.test.labels, len(self.classes), seed=self.cfg.seed)
         row = f"{kind}_linear_{round(fraction * 100)}"
         return self.save(row, acc, encoder=kind, method="linear", label_fraction=fraction, n_train=len(keep),
-                         seconds=time.perf_counter() - t, feature_seconds=feat_s)
+                         weight_decay=acc["weight_decay"], seconds=time.perf_counter() - t, feature_seconds=feat_s)
 
     def end_to_end(self, kind: str, fraction: float, row: str, method: str = "finetune") -> dict[str, Any]:
         cfg = replace(self.cfg, label_fraction=fraction)

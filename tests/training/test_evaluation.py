@@ -65,6 +65,24 @@ def test_linear_eval_leaves_the_encoder_bit_identical(evaluated_home: Path) -> N
     assert all(torch.equal(before[k], after[k]) for k in before)
 
 
+def test_linear_probe_chooses_its_penalty_on_train_features_only() -> None:
+    """The held-out choice of the L2 penalty never sees the test split: other test sets, same choice."""
+    g = torch.Generator().manual_seed(0)
+    centers = torch.randn(4, 16, generator=g)
+    y = torch.arange(400) % 4
+    x = centers[y] + 1.5 * torch.randn(400, 16, generator=g)
+    picks = set()
+    for test_seed in (1, 2):
+        tg = torch.Generator().manual_seed(test_seed)
+        test_y = torch.randint(0, 4, (100,), generator=tg)
+        test_x = centers[test_y] + torch.randn(100, 16, generator=tg)
+        acc = linear_probe(x, y, test_x, test_y, 4, steps=50)
+        assert acc["weight_decay"] in (0.0, 1e-5, 1e-4, 1e-3, 1e-2) and acc["top1"] > 0.6
+        picks.add(acc["weight_decay"])
+    assert len(picks) == 1
+    assert linear_probe(x, y, x[:10], y[:10], 4, steps=5, weight_decays=(3e-3,))["weight_decay"] == 3e-3
+
+
 def test_report_has_the_table_and_figures(evaluated_home: Path) -> None:
     run = ArtifactHome(evaluated_home).run()
     text = run.report.read_text()
