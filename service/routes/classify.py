@@ -8,11 +8,10 @@ from typing import Annotated
 import numpy as np
 import torch
 from fastapi import APIRouter, File, HTTPException, Query, UploadFile
-from starlette.concurrency import run_in_threadpool
 
 from service.deps import BatchersDep, BundleDep, SettingsDep
 from service.schemas import ClassifyResponse, Prediction, errors
-from service.uploads import decode_image, read_upload
+from service.uploads import decode_upload, read_upload
 from training.artifacts import LoadedBundle
 from training.models import normalize
 
@@ -56,6 +55,6 @@ async def classify(
     data = await read_upload(file, settings.max_upload_bytes)
     batcher = batchers["classify"]
     with batcher.incoming():  # a batch being formed waits for this request while it decodes
-        pixels = await run_in_threadpool(decode_image, data, bundle.manifest.image_size, settings.max_image_pixels)
+        pixels = await decode_upload(data, bundle.manifest.image_size, settings.max_image_pixels)
     probs = await batcher.submit(bundle, pixels)  # one forward pass with concurrent requests
     return ClassifyResponse(model_version=bundle.version, predictions=top_predictions(bundle, probs, top_k))

@@ -8,14 +8,13 @@ from typing import Annotated
 import numpy as np
 import torch
 from fastapi import APIRouter, File, HTTPException, Query, UploadFile
-from starlette.concurrency import run_in_threadpool
 
 from index.embed import embed
 from index.faiss_index import reconstruct, search
 from service.deps import BatchersDep, BundleDep, SettingsDep
 from service.inference import MAX_K
 from service.schemas import Neighbor, NeighborQuery, NeighborsResponse, errors
-from service.uploads import decode_image, read_upload
+from service.uploads import decode_upload, read_upload
 from training.artifacts import LoadedBundle
 
 router = APIRouter(tags=["model"])
@@ -95,6 +94,6 @@ async def neighbors_of_upload(
     data = await read_upload(file, settings.max_upload_bytes)
     batcher = batchers["neighbors"]
     with batcher.incoming():  # a batch being formed waits for this request while it decodes
-        pixels = await run_in_threadpool(decode_image, data, bundle.manifest.image_size, settings.max_image_pixels)
+        pixels = await decode_upload(data, bundle.manifest.image_size, settings.max_image_pixels)
     scores, ids = await batcher.submit(bundle, (pixels, k))  # batched with concurrent requests
     return NeighborsResponse(model_version=bundle.version, query=NeighborQuery(), neighbors=hits(bundle, scores, ids, k))

@@ -70,3 +70,22 @@ def test_store_keeps_serving_when_a_new_version_is_broken(bundle, tmp_path: Path
     home.set_current(bundle.version)
     assert store.reload_if_changed() and store.bundle is not good and store.error is None
     assert store.bundle.version == bundle.version
+
+
+def test_decode_upload_equals_decode_image_inline_or_in_a_thread() -> None:
+    """Thumbnails decode on the event loop, bigger images in the threadpool: the same pixels either way."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from service.uploads import INLINE_PIXELS, decode_image, decode_upload
+
+    rng = np.random.default_rng(0)
+    for side in (32, 200):  # 32x32 is inline, 200x200 is not
+        buf = io.BytesIO()
+        Image.fromarray(rng.integers(0, 256, (side, side, 3), dtype=np.uint8)).save(buf, "PNG")
+        data = buf.getvalue()
+        assert (side * side <= INLINE_PIXELS) == (side == 32)
+        got = anyio.run(decode_upload, data, 32, 10**6)
+        assert got.shape == (3, 32, 32) and np.array_equal(got, decode_image(data, 32, 10**6))
