@@ -6,7 +6,7 @@ back and takes it again around each of its ~60 ops. Each retake can wait for
 the event loop's switch interval (5 ms), so a batch that takes 25 ms alone
 took 207 ms next to a busy Python thread (measured, width-16 ResNet-18, batch
 16). A frozen TorchScript graph runs in C++ with the GIL released for the whole
-pass (58 ms in the same test) and, with batch norm folded into the convolutions,
+pass (57 ms in the same test) and, with batch norm folded into the convolutions,
 is ~1.6x faster alone too.
 
 ``torch.jit`` is deprecated in favour of ``torch.compile``/``torch.export``, but
