@@ -31,7 +31,7 @@ from training.evaluate import topk_accuracy, weighted_knn_predict
 from training.finetune import finetune, load_encoder, run_config
 from training.linear_eval import encode, linear_probe
 from training.models import EncoderSpec, build_encoder, feature_dim
-from training.runtime import pick_device, set_threads
+from training.runtime import keep_freed_memory, pick_device, set_threads
 
 GROUPS: dict[str, tuple[str, ...]] = {
     "linear": ("simclr_linear_10", "simclr_linear_100"),
@@ -174,6 +174,7 @@ def main(cfg: FinetuneConfig, home: ArtifactHome, run: RunPaths, groups: list[st
          limit: int | None = None) -> dict[str, dict[str, Any]]:
     """Run the named row groups on ``run``; returns the rows written, by name."""
     set_threads()
+    keep_freed_memory()
     suite = Suite(home, run, cfg, data=data, limit=limit)
     print(f"evaluating run {run.run_id} on {len(suite.train)} train / {len(suite.test)} {suite.test_split} images: {', '.join(groups)}")
     for group in groups:

@@ -32,7 +32,7 @@ from training.evaluate import features, weighted_knn_predict
 from training.lars import LARS
 from training.loss import nt_xent_loss
 from training.models import EncoderSpec, SimCLRModel
-from training.runtime import autocast, param_groups, set_threads, warmup_cosine
+from training.runtime import autocast, keep_freed_memory, param_groups, set_threads, warmup_cosine
 
 
 class Interrupted(RuntimeError):
@@ -233,6 +233,7 @@ def plot_loss(run: RunPaths, history: list[dict[str, float]]) -> None:
 def main(cfg: PretrainConfig, home: ArtifactHome, run: RunPaths | None = None) -> RunPaths | None:
     """Pretrain, or resume ``run`` from its checkpoint; returns the run (None on ranks other than 0, which write nothing)."""
     set_threads()
+    keep_freed_memory()
     env, device = init_distributed(cfg.device)
     if cfg.batch_size % env.world_size:
         raise ValueError(f"--batch-size {cfg.batch_size} must divide evenly over {env.world_size} processes")
