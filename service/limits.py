@@ -1,11 +1,10 @@
 """Refusing oversized request bodies before they are read.
 
-FastAPI parses (and spools) the whole multipart body before a route runs, so a
-check in the route alone would still accept a 10 GB upload onto disk. This
-middleware answers 413 from the Content-Length header, or as soon as the bytes
-received pass the limit when the body is chunked. The route then checks the
-file part itself exactly (``uploads.read_upload``); ``slack`` here covers the
-multipart framing around it.
+Every POST route is covered, whatever it does with its body: this middleware
+answers 413 from the Content-Length header, or as soon as the bytes received
+pass the limit when the body is chunked. The upload routes then check the file
+part itself exactly as it streams (``uploads.receive_upload``); ``slack`` here
+covers the multipart framing around it.
 """
 
 from __future__ import annotations

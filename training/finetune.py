@@ -21,7 +21,7 @@ from training.config import FinetuneConfig, PretrainConfig
 from training.data import DataError, ImageSet, has_split, load_split, stratified_indices
 from training.evaluate import predict, topk_accuracy
 from training.models import Classifier, EncoderSpec, build_encoder, feature_dim
-from training.runtime import autocast, param_groups, pick_device, set_threads, warmup_cosine
+from training.runtime import autocast, keep_freed_memory, param_groups, pick_device, set_threads, warmup_cosine
 
 
 def run_config(run: RunPaths) -> PretrainConfig:
@@ -32,6 +32,19 @@ def load_encoder(run: RunPaths, cfg: PretrainConfig) -> torch.nn.Module:
     encoder = build_encoder(EncoderSpec(cfg.arch, cfg.width, cfg.image_size))
     encoder.load_state_dict(torch.load(run.encoder, map_location="cpu", weights_only=True))
     return encoder
+
+
+def finetune_groups(model: Classifier, cfg: FinetuneConfig) -> list[dict[str, object]]:
+    """Parameter groups with their peak ``base_lr``: the encoder's scaled by ``cfg.encoder_lr_scale``.
+
+    Norms and biases get no weight decay, as in pretraining.
+    """
+    groups = []
+    for part, scale in ((model.encoder, cfg.encoder_lr_scale), (model.fc, 1.0)):
+        for group in param_groups(part, cfg.weight_decay):
+            if group["params"]:
+                groups.append({**group, "base_lr": cfg.lr * scale})
+    return groups
 
 
 def train_one_epoch(
@@ -54,12 +67,12 @@ def train_one_epoch(
             n_batches = i
             break
         for group in optimizer.param_groups:
-            group["lr"] = cfg.lr * warmup_cosine(progress, 0.0)
+            group["lr"] = group["base_lr"] * warmup_cosine(progress, 0.0)
         idx = order[i * cfg.batch_size : (i + 1) * cfg.batch_size]
         x = crop_flip(data.images[idx], generator=generator).contiguous(memory_format=torch.channels_last)
         with autocast(device):
             logits = model(x)
-        loss = F.cross_entropy(logits.float(), data.labels[idx])
+        loss = F.cross_entropy(logits.float(), data.labels[idx], label_smoothing=cfg.label_smoothing)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -79,7 +92,7 @@ def finetune(
     torch.manual_seed(cfg.seed)
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
     model = Classifier(encoder, spec_dim, len(train.classes)).to(device).to(memory_format=torch.channels_last)
-    optimizer = torch.optim.Adam(param_groups(model, cfg.weight_decay), lr=cfg.lr)
+    optimizer = torch.optim.Adam(finetune_groups(model, cfg), lr=cfg.lr)
     start = time.perf_counter()
     steps_per_epoch = max(1, len(train) // cfg.batch_size)
     state = {"epoch": 0}
@@ -113,6 +126,7 @@ def finetune(
 def main(cfg: FinetuneConfig, home: ArtifactHome, run: RunPaths, data: str | None = None, limit: int | None = None) -> dict[str, float]:
     """Fine-tune the run's encoder; write ``classifier.pt`` and ``finetune.json`` into the run."""
     set_threads()
+    keep_freed_memory()
     device = pick_device(cfg.device)
     pcfg = run_config(run)
     src = data or pcfg.data

@@ -7,11 +7,11 @@ from typing import Annotated
 
 import numpy as np
 import torch
-from fastapi import APIRouter, File, HTTPException, Query, UploadFile
+from fastapi import APIRouter, HTTPException, Query, Request
 
-from service.deps import BatchersDep, BundleDep, SettingsDep
+from service.deps import serving
 from service.schemas import ClassifyResponse, Prediction, errors
-from service.uploads import decode_upload, read_upload
+from service.uploads import UPLOAD_BODY, decode_upload, receive_upload
 from training.artifacts import LoadedBundle
 from training.models import normalize
 
@@ -40,20 +40,20 @@ def top_predictions(bundle: LoadedBundle, probs: np.ndarray, top_k: int) -> list
     "/classify",
     response_model=ClassifyResponse,
     responses=errors(400, 413, 415, 422, 503),
+    openapi_extra=UPLOAD_BODY,
 )
 async def classify(
-    bundle: BundleDep,
-    settings: SettingsDep,
-    batchers: BatchersDep,
-    file: Annotated[UploadFile, File(description="an image in any common format and mode")],
+    request: Request,
     top_k: Annotated[int, Query(ge=1, description="how many classes to return, 1..number of classes")] = 3,
 ) -> ClassifyResponse:
     """Classify an uploaded image with the fine-tuned head; probabilities are a softmax over all classes."""
+    now = serving(request)  # the bundle this request answers with, whatever a reload does meanwhile
+    bundle, settings = now.bundle, now.settings
     n_classes = len(bundle.manifest.class_names)
     if top_k > n_classes:  # the upper bound depends on the model, so it cannot live in Query()
         raise HTTPException(422, f"top_k must be between 1 and {n_classes} (the number of classes), got {top_k}")
-    data = await read_upload(file, settings.max_upload_bytes)
-    batcher = batchers["classify"]
+    data = await receive_upload(request, settings.max_upload_bytes)
+    batcher = now.batchers["classify"]
     with batcher.incoming():  # a batch being formed waits for this request while it decodes
         pixels = await decode_upload(data, bundle.manifest.image_size, settings.max_image_pixels)
     probs = await batcher.submit(bundle, pixels)  # one forward pass with concurrent requests

@@ -7,14 +7,14 @@ from typing import Annotated
 
 import numpy as np
 import torch
-from fastapi import APIRouter, File, HTTPException, Query, UploadFile
+from fastapi import APIRouter, HTTPException, Query, Request
 
 from index.embed import embed
 from index.faiss_index import reconstruct, search
-from service.deps import BatchersDep, BundleDep, SettingsDep
+from service.deps import BundleDep, serving
 from service.inference import MAX_K
 from service.schemas import Neighbor, NeighborQuery, NeighborsResponse, errors
-from service.uploads import decode_upload, read_upload
+from service.uploads import UPLOAD_BODY, decode_upload, receive_upload
 from training.artifacts import LoadedBundle
 
 router = APIRouter(tags=["model"])
@@ -82,17 +82,13 @@ async def neighbors_of_id(
     return NeighborsResponse(model_version=bundle.version, query=NeighborQuery(id=item_id), neighbors=found)
 
 
-@router.post("/neighbors", response_model=NeighborsResponse, responses=errors(400, 413, 415, 422, 503))
-async def neighbors_of_upload(
-    bundle: BundleDep,
-    settings: SettingsDep,
-    batchers: BatchersDep,
-    file: Annotated[UploadFile, File(description="an image in any common format and mode")],
-    k: Annotated[int, K] = 5,
-) -> NeighborsResponse:
+@router.post("/neighbors", response_model=NeighborsResponse, responses=errors(400, 413, 415, 422, 503), openapi_extra=UPLOAD_BODY)
+async def neighbors_of_upload(request: Request, k: Annotated[int, K] = 5) -> NeighborsResponse:
     """The k indexed images most similar to an uploaded one, embedded by the SimCLR encoder."""
-    data = await read_upload(file, settings.max_upload_bytes)
-    batcher = batchers["neighbors"]
+    now = serving(request)  # the bundle this request answers with, whatever a reload does meanwhile
+    bundle, settings = now.bundle, now.settings
+    data = await receive_upload(request, settings.max_upload_bytes)
+    batcher = now.batchers["neighbors"]
     with batcher.incoming():  # a batch being formed waits for this request while it decodes
         pixels = await decode_upload(data, bundle.manifest.image_size, settings.max_image_pixels)
     scores, ids = await batcher.submit(bundle, (pixels, k))  # batched with concurrent requests

@@ -187,6 +187,18 @@ def test_missing_file_field_is_422(client: httpx.Client) -> None:
     assert_error(client.post("/classify"), 422, "file")
     assert_error(client.post("/neighbors", files={"image": ("x.png", UPLOADS["png"][0], "image/png")}), 422, "file")
     assert_error(client.post("/classify", data={"file": "not a file"}), 422, "file")
+    # multipart, but `file` is a plain form value rather than an upload
+    plain = b'--x\r\nContent-Disposition: form-data; name="file"\r\n\r\nnot a file\r\n--x--\r\n'
+    r = client.post("/classify", content=plain, headers={"content-type": "multipart/form-data; boundary=x"})
+    assert_error(r, 422, "file", "uploaded file")
+
+
+def test_malformed_multipart_is_400(client: httpx.Client) -> None:
+    broken = b'--x\r\nContent-Disposition: form-data; name="file"; filename="a.png"\r\n\r\n\x89PNG--y--garbage'
+    r = client.post("/classify", content=broken + b"\r\n--", headers={"content-type": "multipart/form-data; boundary=x"})
+    assert_error(r, 400, "malformed multipart")  # cut short: the image inside is incomplete
+    r = client.post("/neighbors", content=b"no boundary here", headers={"content-type": "multipart/form-data; boundary=x"})
+    assert_error(r, 400, "malformed multipart")
 
 
 def test_too_many_bytes_is_413(client: httpx.Client) -> None:
