@@ -76,8 +76,16 @@ def free_port() -> int:
 
 
 def cpu_seconds(pid: int) -> float:
+    """CPU seconds of ``pid`` and its live children (uvicorn's worker processes under --workers)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS  # utime, stime (fields 14, 15 of stat)
+    total = (int(fields[11]) + int(fields[12])) / TICKS  # utime, stime (fields 14, 15 of stat)
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    for child in children.read_text().split() if children.exists() else []:
+        try:
+            total += cpu_seconds(int(child))
+        except (FileNotFoundError, ProcessLookupError):
+            pass  # exited between the listing and the read
+    return total
 
 
 def scrape(url: str) -> dict[str, float]:
@@ -172,6 +180,7 @@ def main() -> None:
     p.add_argument("--torch-threads", type=int, default=None, help="SIMCLR_TORCH_THREADS for the server and the raw measurement (default: torch's)")
     p.add_argument("--max-batch-size", type=int, default=32, help="SIMCLR_MAX_BATCH_SIZE, and the raw batch (default: %(default)s)")
     p.add_argument("--max-batch-wait-ms", type=float, default=5, help="SIMCLR_MAX_BATCH_WAIT_MS (default: %(default)s)")
+    p.add_argument("--workers", type=int, default=1, help="SIMCLR_WORKERS: server processes on the port (default: %(default)s)")
     p.add_argument("--wrk-threads", type=int, default=1, help="wrk threads (at most the connections) (default: %(default)s)")
     p.add_argument("--k", type=int, default=5, help="neighbours per /neighbors request (default: %(default)s)")
     p.add_argument("--log-level", default="warning", help="server log level; info adds an access-log line per request (default: %(default)s)")
@@ -203,6 +212,8 @@ def main() -> None:
            "SIMCLR_LOG_LEVEL": a.log_level}
     if a.torch_threads:
         env["SIMCLR_TORCH_THREADS"] = str(a.torch_threads)
+    if a.workers > 1:
+        env["SIMCLR_WORKERS"] = str(a.workers)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     runs = []

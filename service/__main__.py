@@ -17,6 +17,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--home", help="artifact home (default: $SIMCLR_HOME or ./artifacts)")
     parser.add_argument("--host", help="interface to bind (default 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port (default 8000)")
+    parser.add_argument("--workers", type=int, help="server processes sharing the port (default 1)")
     args = parser.parse_args(argv)
     # Only what was given overrides the SIMCLR_* environment.
     run(Settings(**{k: v for k, v in vars(args).items() if v is not None}))

@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 import copy
 import logging
+import logging.config
+import os
 import sys
+import tempfile
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -14,6 +17,7 @@ from pathlib import Path
 import faiss
 import torch
 import uvicorn
+from prometheus_client import multiprocess as prometheus_multiprocess
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
@@ -29,6 +33,7 @@ from service.metrics import Metrics, MetricsMiddleware
 from service.routes import admin, classify, health, images, neighbors
 from service.settings import Settings
 from service.state import ModelStore
+from service.workers import supervise
 from training.artifacts import ArtifactHome
 
 log = logging.getLogger("service")
@@ -146,8 +151,23 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
+def create_worker_app() -> FastAPI:
+    """The app in one of ``run``'s worker processes, which read their settings from the environment it set."""
+    sys.setswitchinterval(SWITCH_INTERVAL)  # per process: see run()
+    return create_app(Settings())
+
+
 def run(settings: Settings | None = None) -> None:
-    """Serve the app with uvicorn until interrupted (``simclr serve``, ``python -m service``)."""
+    """Serve the app with uvicorn until interrupted (``simclr serve``, ``python -m service``).
+
+    With ``settings.workers`` > 1, that many processes serve the port
+    (``service.workers``), each with its own copy of the model, batcher and reload
+    poller (a published model reaches each through polling; /admin/reload reloads
+    the process that answers it at once). One process cannot use a second core
+    for HTTP: its event loop is the limit on /classify. Metrics are then summed
+    over the processes with prometheus-client's multiprocess mode, in a
+    directory made fresh for each run.
+    """
     settings = settings or Settings()
     # The model thread needs the GIL only briefly, to hand a batch's results back, but waits
     # up to the switch interval (5 ms by default) for the event loop to let go of it: a stall
@@ -157,4 +177,19 @@ def run(settings: Settings | None = None) -> None:
     log_config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
     # Our "service" logger through uvicorn's handler, so model loads and errors show like its own lines.
     log_config["loggers"]["service"] = {"handlers": ["default"], "level": settings.log_level.upper(), "propagate": False}
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level, log_config=log_config)
+    where = {"host": settings.host, "port": settings.port, "log_level": settings.log_level, "log_config": log_config}
+    if settings.workers == 1:
+        uvicorn.run(create_app(settings), **where)
+        return
+    if settings.torch_threads is None:  # the cores, shared out: oversubscribed OpenMP threads stall each other
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        settings = settings.model_copy(update={"torch_threads": max(1, cores // settings.workers)})
+    if settings.reload_interval <= 0:
+        log.warning("%d workers with SIMCLR_RELOAD_INTERVAL=0: /admin/reload reaches one process only", settings.workers)
+    logging.config.dictConfig(log_config)  # the supervisor's own lines, formatted like the workers'
+    with tempfile.TemporaryDirectory(prefix="simclr-metrics-") as metrics_dir:
+        os.environ.update(settings.as_environment())
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir  # read when each worker imports prometheus_client
+        options = {"log_level": settings.log_level, "log_config": log_config}
+        supervise("service.app:create_worker_app", settings.workers, settings.host, settings.port, options,
+                  on_exit=lambda pid: prometheus_multiprocess.mark_process_dead(pid, metrics_dir))

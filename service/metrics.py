@@ -7,11 +7,13 @@ knows (served version, index size, reloads, refusals) is read at scrape time.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 
 from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -60,13 +62,22 @@ class Metrics:
         self.batch_size = Histogram(
             "simclr_batch_size", "images per batched forward pass", ["kind"], buckets=BATCH_BUCKETS, registry=self.registry
         )
-        self.registry.register(StoreCollector(store))
+        self.store_collector = StoreCollector(store)
+        self.registry.register(self.store_collector)
 
     def batch_observer(self, kind: str):  # noqa: ANN201 - a bound observe(), for Batcher(on_batch=...)
         return self.batch_size.labels(kind).observe
 
     def expose(self) -> bytes:
-        return generate_latest(self.registry)
+        """The text exposition. Under several workers (``PROMETHEUS_MULTIPROC_DIR`` set), requests,
+        latencies and batch sizes are summed over all of them; the model's metrics are those of the
+        worker that answers, each of which follows CURRENT on its own."""
+        if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+            return generate_latest(self.registry)
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)
+        registry.register(self.store_collector)
+        return generate_latest(registry)
 
 
 class MetricsMiddleware:

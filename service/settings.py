@@ -20,7 +20,8 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=0, le=65535)
     max_upload_bytes: int = Field(10_000_000, gt=0, description="largest accepted upload, in bytes")
     max_image_pixels: int = Field(40_000_000, gt=0, description="largest accepted image, width x height")
-    torch_threads: int | None = Field(None, gt=0, description="torch/FAISS threads; None keeps their default")
+    workers: int = Field(1, ge=1, description="server processes sharing the port, each with its own model copy and batcher")
+    torch_threads: int | None = Field(None, gt=0, description="torch/FAISS threads per process; None: the cores / workers")
     # NoDecode: accept "a,b" as well as JSON '["a","b"]' in SIMCLR_CORS_ORIGINS.
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list, description="empty = CORS closed")
     reload_interval: float = Field(2.0, ge=0, description="seconds between checks of CURRENT for a new model; 0 = never")
@@ -32,6 +33,17 @@ class Settings(BaseSettings):
     # Bearer token for /admin/*; unset (or empty) = admin endpoints disabled (403).
     admin_token: SecretStr | None = Field(None, description="bearer token of /admin/*; unset = admin disabled")
     log_level: str = "info"
+
+    def as_environment(self) -> dict[str, str]:
+        """These settings as ``SIMCLR_*`` variables: how worker processes, which read their own environment, get them."""
+        env = {}
+        for name, value in self.model_dump().items():
+            if value is None:
+                continue
+            if isinstance(value, SecretStr):
+                value = value.get_secret_value()
+            env[f"SIMCLR_{name.upper()}"] = json.dumps(value) if isinstance(value, list) else str(value)
+        return env
 
     @field_validator("admin_token", mode="before")
     @classmethod

@@ -75,7 +75,9 @@ def add_finetune_flags(p: argparse.ArgumentParser, prefix: str = "") -> None:
     g.add_argument(f"--{prefix}epochs", dest="ft_epochs", type=positive_int, help=f"fine-tuning epochs (default: {F.epochs})")
     g.add_argument(f"--{prefix}time-budget", dest="ft_time_budget", type=duration, help="fine-tune for this wall-clock time instead (default: none)")
     g.add_argument("--label-fraction", type=float, help=f"stratified labelled fraction of train (default: {F.label_fraction})")
-    g.add_argument(f"--{prefix}lr", dest="ft_lr", type=float, help=f"Adam learning rate (default: {F.lr})")
+    g.add_argument(f"--{prefix}lr", dest="ft_lr", type=float, help=f"Adam learning rate of the head (default: {F.lr})")
+    g.add_argument("--encoder-lr-scale", type=float, help=f"encoder learning rate = lr x this (default: {F.encoder_lr_scale})")
+    g.add_argument("--label-smoothing", type=float, help=f"cross-entropy label smoothing (default: {F.label_smoothing})")
 
 
 def resolve(base: Any, preset: dict[str, Any], flags: dict[str, Any]) -> Any:
@@ -92,7 +94,10 @@ def pretrain_config(a: argparse.Namespace) -> PretrainConfig:
 
 
 def finetune_config(a: argparse.Namespace) -> FinetuneConfig:
-    flags = {"epochs": a.ft_epochs, "time_budget": a.ft_time_budget, "label_fraction": a.label_fraction, "lr": a.ft_lr}
+    flags = {
+        "epochs": a.ft_epochs, "time_budget": a.ft_time_budget, "label_fraction": a.label_fraction, "lr": a.ft_lr,
+        "encoder_lr_scale": a.encoder_lr_scale, "label_smoothing": a.label_smoothing,
+    }  # fmt: skip
     return resolve(F, PRESETS.get(a.preset or "", {}).get("finetune", {}), flags)
 
 
@@ -175,7 +180,8 @@ def cmd_serve(a: argparse.Namespace) -> None:
     from service.app import run
     from service.settings import Settings
 
-    overrides: dict[str, Any] = {k: v for k, v in {"home": a.home, "host": a.host, "port": a.port}.items() if v is not None}
+    given = {"home": a.home, "host": a.host, "port": a.port, "workers": a.workers}
+    overrides: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
     run(Settings(**overrides))
 
 
@@ -243,6 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_home(p)
     p.add_argument("--host", help="interface to bind (default: $SIMCLR_HOST or 127.0.0.1)")
     p.add_argument("--port", type=int, help="TCP port (default: $SIMCLR_PORT or 8000)")
+    p.add_argument("--workers", type=positive_int, help="server processes, one per core for the most /classify throughput (default: $SIMCLR_WORKERS or 1)")
     p.set_defaults(func=cmd_serve)
     return parser
 

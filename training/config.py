@@ -47,6 +47,10 @@ class FinetuneConfig:
     time_budget: float | None = None
     batch_size: int = 256
     lr: float = 1e-3
+    # The encoder's learning rate is ``lr * encoder_lr_scale``: below 1 a pretrained encoder
+    # moves less than the new head, so fine-tuning refines its features instead of overwriting them.
+    encoder_lr_scale: float = 1.0
+    label_smoothing: float = 0.0
     weight_decay: float = 1e-5
     seed: int = 0
     device: str = "auto"

@@ -111,3 +111,20 @@ def test_unknown_rows_are_refused(tmp_path: Path) -> None:
     with pytest.raises(SystemExit) as e:
         simclr(["evaluate", "--home", str(tmp_path), "--rows", "linear,bogus"])
     assert "unknown evaluation rows" in str(e.value)
+
+
+def test_finetune_scales_the_encoder_learning_rate_only() -> None:
+    from training.config import FinetuneConfig
+    from training.finetune import finetune_groups
+    from training.models import Classifier
+
+    spec = EncoderSpec("resnet18", 8)
+    model = Classifier(build_encoder(spec), 64, 10)
+    groups = finetune_groups(model, FinetuneConfig(lr=1e-3, encoder_lr_scale=0.1, weight_decay=1e-4))
+    encoder_params = {id(p) for p in model.encoder.parameters()}
+    for group in groups:
+        in_encoder = {id(p) in encoder_params for p in group["params"]}
+        assert len(in_encoder) == 1  # a group is all encoder or all head
+        assert group["base_lr"] == pytest.approx(1e-4 if in_encoder == {True} else 1e-3)
+        assert group["weight_decay"] == (0.0 if all(p.ndim <= 1 for p in group["params"]) else 1e-4)
+    assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
