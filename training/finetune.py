@@ -20,6 +20,7 @@ from training.augment import crop_flip
 from training.config import FinetuneConfig, PretrainConfig
 from training.data import DataError, ImageSet, has_split, load_split, stratified_indices
 from training.evaluate import predict, topk_accuracy
+from training.linear_eval import fit_linear
 from training.models import Classifier, EncoderSpec, build_encoder, feature_dim
 from training.runtime import autocast, keep_freed_memory, param_groups, pick_device, set_threads, warmup_cosine
 
@@ -45,6 +46,24 @@ def finetune_groups(model: Classifier, cfg: FinetuneConfig) -> list[dict[str, ob
             if group["params"]:
                 groups.append({**group, "base_lr": cfg.lr * scale})
     return groups
+
+
+@torch.no_grad()
+def probe_head(encoder: torch.nn.Module, data: ImageSet, n_classes: int) -> torch.nn.Linear:
+    """A linear head fitted on ``encoder``'s frozen features of ``data``, for LP-FT.
+
+    ``fit_linear`` works on standardised features; its mean and std are folded
+    into the layer, so the head takes the encoder's raw ``(B, D)`` output as the
+    classifier does.
+    """
+    device = data.images.device
+    h = predict(encoder, data.images, device=device)  # the encoder's raw output, eval mode
+    with torch.enable_grad():
+        head, mean, std = fit_linear(h, data.labels, n_classes)
+    folded = torch.nn.Linear(h.shape[1], n_classes).to(device)
+    folded.weight.copy_(head.weight / std)
+    folded.bias.copy_(head.bias - (folded.weight * mean).sum(1))
+    return folded
 
 
 def train_one_epoch(
@@ -91,9 +110,15 @@ def finetune(
     device = train.images.device
     torch.manual_seed(cfg.seed)
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
+    start = time.perf_counter()  # the probe of LP-FT counts against a time budget too
+    encoder = encoder.to(device)
+    head = probe_head(encoder, train, len(train.classes)) if cfg.head_init == "probe" else None
     model = Classifier(encoder, spec_dim, len(train.classes)).to(device).to(memory_format=torch.channels_last)
+    if head is not None:
+        model.fc.load_state_dict(head.state_dict())
+    elif cfg.head_init != "random":
+        raise ValueError(f"unknown head_init {cfg.head_init!r}; choose random or probe")
     optimizer = torch.optim.Adam(finetune_groups(model, cfg), lr=cfg.lr)
-    start = time.perf_counter()
     steps_per_epoch = max(1, len(train) // cfg.batch_size)
     state = {"epoch": 0}
 

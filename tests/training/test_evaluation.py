@@ -128,3 +128,21 @@ def test_finetune_scales_the_encoder_learning_rate_only() -> None:
         assert group["base_lr"] == pytest.approx(1e-4 if in_encoder == {True} else 1e-3)
         assert group["weight_decay"] == (0.0 if all(p.ndim <= 1 for p in group["params"]) else 1e-4)
     assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
+
+
+def test_probe_head_folds_the_standardisation_into_the_layer() -> None:
+    """LP-FT's head on raw encoder outputs scores exactly as the probe does on standardised features."""
+    from training.data import ImageSet
+    from training.evaluate import predict
+    from training.finetune import probe_head
+    from training.linear_eval import fit_linear
+
+    torch.manual_seed(0)
+    encoder = build_encoder(EncoderSpec("resnet18", 8)).eval()
+    images = torch.randint(0, 256, (60, 3, 32, 32), dtype=torch.uint8)
+    labels = torch.arange(60) % 3
+    head = probe_head(encoder, ImageSet(images, labels, ["a", "b", "c"], []), 3)
+    h = predict(encoder, images)
+    probe, mean, std = fit_linear(h, labels, 3)  # the same seed: the same fit
+    with torch.no_grad():
+        torch.testing.assert_close(head(h), probe((h - mean) / std), rtol=1e-4, atol=1e-4)
