@@ -60,6 +60,7 @@ def add_pretrain_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--lr", type=float, help=f"peak learning rate (default: {P.lr})")
     g.add_argument("--weight-decay", type=float, help=f"(default: {P.weight_decay})")
     g.add_argument("--temperature", type=float, help=f"NT-Xent temperature (default: {P.temperature})")
+    g.add_argument("--crop-size", type=positive_int, help="side of the augmented views in pixels (default: the image size)")
     g.add_argument("--proj-dim", type=positive_int, help=f"projection head output size (default: {P.proj_dim})")
     g.add_argument("--limit", type=positive_int, help="use at most N images of each split, a fixed random subset (default: all)")
     g.add_argument("--knn-bank", type=positive_int, help="train images in the kNN monitor's memory bank (default: all)")

@@ -15,6 +15,9 @@ class PretrainConfig:
     arch: str = "resnet18"
     width: int = 64
     image_size: int = 32
+    # Side of the augmented views; None: image_size. The random resized crop zooms in
+    # anyway, and a view's cost scales with its pixels (24 px: 0.56x of 32 px).
+    crop_size: int | None = None
     proj_dim: int = 1024
     temperature: float = 0.5
     batch_size: int = 256

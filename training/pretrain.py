@@ -126,7 +126,7 @@ def train_one_epoch(
             group["lr"] = lr
         start = i * cfg.batch_size + env.rank * local
         batch = images[order[start : start + local]]
-        views = torch.cat([simclr_views(batch, augment_rng), simclr_views(batch, augment_rng)])
+        views = torch.cat([simclr_views(batch, augment_rng, cfg.crop_size), simclr_views(batch, augment_rng, cfg.crop_size)])
         if cfg.channels_last:
             views = views.contiguous(memory_format=torch.channels_last)
         with autocast(device):

@@ -19,6 +19,13 @@ def test_views_shape_dtype_and_range() -> None:
     assert raw.min() >= -1e-5 and raw.max() <= 1 + 1e-5
 
 
+def test_views_at_a_smaller_crop_size() -> None:
+    v = simclr_views(images(), torch.Generator().manual_seed(0), size=24)
+    assert v.shape == (16, 3, 24, 24)
+    raw = denormalize(v)
+    assert raw.min() >= -1e-5 and raw.max() <= 1 + 1e-5
+
+
 def test_two_samples_of_one_image_get_different_crops() -> None:
     same = images(1).expand(8, -1, -1, -1).contiguous()
     v = simclr_views(same, torch.Generator().manual_seed(0))
