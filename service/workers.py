@@ -15,6 +15,7 @@ on SIGTERM/SIGINT stops them all (each finishes its in-flight requests).
 
 from __future__ import annotations
 
+import errno
 import logging
 import multiprocessing
 import os
@@ -40,6 +41,22 @@ def reuse_port_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
+def refuse_taken_port(host: str, port: int) -> None:
+    """Raise if something already accepts connections on ``host:port``.
+
+    Binding with ``SO_REUSEPORT`` succeeds beside another server of the same user
+    that did the same (a second ``simclr serve --workers`` on the port), and the
+    kernel would then split clients between the two; a connection attempt tells.
+    """
+    target = "127.0.0.1" if host in ("", "0.0.0.0") else "::1" if host == "::" else host
+    try:
+        with socket.create_connection((target, port), timeout=0.5):
+            pass
+    except OSError:
+        return  # nothing answers: free, or only bound without listening
+    raise OSError(errno.EADDRINUSE, f"something already listens on {host}:{port}")
+
+
 def _serve(factory: str, host: str, port: int, uvicorn_options: dict[str, Any]) -> None:
     """One worker process: its own socket on the shared port, and uvicorn on it."""
     import uvicorn
@@ -61,7 +78,8 @@ def supervise(factory: str, workers: int, host: str, port: int, uvicorn_options:
         raise RuntimeError("several workers need SO_REUSEPORT (Linux, BSD, macOS); run one worker here")
     if port == 0:
         raise ValueError("several workers need a fixed port: with port 0 each would get its own")
-    reuse_port_socket(host, port).close()  # fail here, with a clear error, if the address is taken
+    refuse_taken_port(host, port)
+    reuse_port_socket(host, port).close()  # fail here, with a clear error, if the address cannot be bound
     ctx = multiprocessing.get_context("spawn")
     stopping = False
 

@@ -267,7 +267,7 @@ def main(argv: list[str] | None = None) -> None:
 
     try:
         args.func(args)
-    except (DataError, FileNotFoundError, ValueError) as e:
+    except (DataError, OSError, ValueError) as e:  # FileNotFoundError, a taken port, ...: one line, no traceback
         sys.exit(f"simclr {args.command}: error: {e}")
     except Interrupted as e:
         print(f"simclr {args.command}: {e}", file=sys.stderr)

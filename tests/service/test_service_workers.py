@@ -64,3 +64,17 @@ def test_two_workers_answer_count_and_refresh(workers_home, tmp_path: Path) -> N
         assert "Traceback" not in server.log_text()
     finally:
         stop_server(server)
+
+
+def test_workers_refuse_a_port_another_server_listens_on() -> None:
+    """SO_REUSEPORT would let a second server share the port silently; it is refused instead."""
+    import socket
+
+    from service.workers import supervise
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(OSError, match="already listens"):
+            supervise("service.app:create_worker_app", 2, "127.0.0.1", port, {})
