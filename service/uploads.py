@@ -102,10 +102,11 @@ class _FilePart:
 async def receive_upload(request: Request, limit: int, field: str = "file") -> bytes:
     """The bytes of the multipart file field ``field``, parsed as the body streams in.
 
-    This is what FastAPI's ``UploadFile`` gives, at a fraction of its cost on the
-    event loop (no form object, spooled temporary file or per-field validation:
-    ~0.25 ms less per request, measured), and the size limit is enforced as the
-    bytes arrive. Errors read like FastAPI's own: 422 when the field is missing or
+    This is what FastAPI's ``UploadFile`` gives, with less work on the event loop
+    (no form object, spooled temporary file or per-field validation; with the
+    routes' direct state reads, /classify went from 666 to 785 requests/s at 32
+    connections on one process), and the size limit is enforced as the bytes
+    arrive. Errors read like FastAPI's own: 422 when the field is missing or
     not a file, 413 over ``limit``, 400 for an empty upload or a broken body.
     """
     ctype, params = parse_options_header(request.headers.get("content-type", ""))
