@@ -41,6 +41,7 @@ def main() -> None:
     p.add_argument("--data", default="../shared/datasets/cifar10-jpeg", help="image folder or cifar10 (default: %(default)s)")
     p.add_argument("--home", help="artifacts folder to keep the run in (default: a temporary folder, deleted after)")
     p.add_argument("--pretrain-budget", default=None, help="override the preset's pretraining time budget, e.g. 90m (default: the preset's)")
+    p.add_argument("--crop-size", default=None, help="pretraining view size in pixels, e.g. 24 (default: the preset's, the image size)")
     p.add_argument("--eval-budget", default=None, help="override each end-to-end row's time budget, e.g. 25m (default: the preset's)")
     p.add_argument("--rows", default="linear,finetune,random,supervised,knn", help="row groups to evaluate (default: %(default)s)")
     p.add_argument("--out", default="benchmarks/results/seed_table_cpu.json", help="result file (default: %(default)s)")
@@ -52,6 +53,8 @@ def main() -> None:
         evaluate = ["evaluate", "--preset", "cpu", "--rows", a.rows, "--home", home]
         if a.pretrain_budget:
             pretrain += ["--time-budget", a.pretrain_budget]
+        if a.crop_size:
+            pretrain += ["--crop-size", a.crop_size]
         if a.eval_budget:
             evaluate += ["--time-budget", a.eval_budget]
         report = ["report", "--home", home]
