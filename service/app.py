@@ -35,6 +35,7 @@ from service.settings import Settings
 from service.state import ModelStore
 from service.workers import supervise
 from training.artifacts import ArtifactHome
+from training.runtime import available_cores
 
 log = logging.getLogger("service")
 
@@ -182,8 +183,7 @@ def run(settings: Settings | None = None) -> None:
         uvicorn.run(create_app(settings), **where)
         return
     if settings.torch_threads is None:  # the cores, shared out: oversubscribed OpenMP threads stall each other
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-        settings = settings.model_copy(update={"torch_threads": max(1, cores // settings.workers)})
+        settings = settings.model_copy(update={"torch_threads": max(1, available_cores() // settings.workers)})
     if settings.reload_interval <= 0:
         log.warning("%d workers with SIMCLR_RELOAD_INTERVAL=0: /admin/reload reaches one process only", settings.workers)
     logging.config.dictConfig(log_config)  # the supervisor's own lines, formatted like the workers'

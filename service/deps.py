@@ -32,12 +32,16 @@ StoreDep = Annotated[ModelStore, Depends(get_store)]
 BatchersDep = Annotated[Batchers, Depends(get_batchers)]
 
 
-async def get_bundle(store: StoreDep) -> LoadedBundle:
-    """The bundle this request uses for its whole life (taken once: a reload may swap the store's)."""
+def served_bundle(store: ModelStore) -> LoadedBundle:
+    """The store's bundle, taken once for a request's whole life (a reload may swap the store's); 503 if none."""
     bundle = store.bundle
     if bundle is None:
         raise HTTPException(status_code=503, detail=store.unavailable_detail())
     return bundle
+
+
+async def get_bundle(store: StoreDep) -> LoadedBundle:
+    return served_bundle(store)
 
 
 BundleDep = Annotated[LoadedBundle, Depends(get_bundle)]
@@ -63,8 +67,4 @@ def serving(request: Request) -> Serving:
     service's throughput path; the others keep the declarative dependencies.
     """
     state = request.app.state
-    store: ModelStore = state.store
-    bundle = store.bundle
-    if bundle is None:
-        raise HTTPException(status_code=503, detail=store.unavailable_detail())
-    return Serving(bundle, state.settings, state.batchers)
+    return Serving(served_bundle(state.store), state.settings, state.batchers)

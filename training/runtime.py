@@ -37,13 +37,17 @@ def autocast(device: torch.device) -> contextlib.AbstractContextManager[None]:
     return contextlib.nullcontext()
 
 
+def available_cores() -> int:
+    """The cores this process may run on (affinity aware), not the machine's count."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 def set_threads() -> None:
     """Use every core the process may run on (cgroup/affinity aware), not torch's guess."""
-    try:
-        n = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        n = os.cpu_count() or 1
-    torch.set_num_threads(max(1, n))
+    torch.set_num_threads(available_cores())
 
 
 # glibc mallopt parameters (malloc.h).
