@@ -10,11 +10,14 @@ binds its own socket with ``SO_REUSEPORT``, and the kernel hashes every new
 connection to one of them.
 
 The parent only supervises: it starts the workers, restarts one that dies, and
-on SIGTERM/SIGINT stops them all (each finishes its in-flight requests).
+on SIGTERM/SIGINT stops them all (each finishes its in-flight requests). If the
+parent itself is killed (SIGKILL, OOM killer), the kernel sends each worker
+SIGTERM (``PR_SET_PDEATHSIG``), so no orphan keeps serving an old port.
 """
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import logging
 import multiprocessing
@@ -57,11 +60,31 @@ def refuse_taken_port(host: str, port: int) -> None:
     raise OSError(errno.EADDRINUSE, f"something already listens on {host}:{port}")
 
 
-def _serve(factory: str, host: str, port: int, uvicorn_options: dict[str, Any]) -> None:
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def exit_with_parent(parent: int) -> None:
+    """Have the kernel send this process SIGTERM when ``parent`` dies (Linux; elsewhere nothing).
+
+    Without it, workers outlive a supervisor killed with SIGKILL and keep the port.
+    """
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+    except (AttributeError, OSError) as e:  # not Linux: no prctl
+        log.debug("workers will not follow their parent's death: %s", e)
+        return
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _serve(factory: str, host: str, port: int, uvicorn_options: dict[str, Any], parent: int) -> None:
     """One worker process: its own socket on the shared port, and uvicorn on it."""
     import uvicorn
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent turns Ctrl-C into one SIGTERM per worker
+    exit_with_parent(parent)
     config = uvicorn.Config(factory, factory=True, **uvicorn_options)
     uvicorn.Server(config).run(sockets=[reuse_port_socket(host, port)])
 
@@ -84,7 +107,7 @@ def supervise(factory: str, workers: int, host: str, port: int, uvicorn_options:
     stopping = False
 
     def start() -> BaseProcess:
-        process = ctx.Process(target=_serve, args=(factory, host, port, uvicorn_options), name="simclr-worker")
+        process = ctx.Process(target=_serve, args=(factory, host, port, uvicorn_options, os.getpid()), name="simclr-worker")
         process.start()
         return process
 

@@ -7,6 +7,8 @@ one is scraped, and a newly published model reaching every worker.
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -78,3 +80,42 @@ def test_workers_refuse_a_port_another_server_listens_on() -> None:
         port = taken.getsockname()[1]
         with pytest.raises(OSError, match="already listens"):
             supervise("service.app:create_worker_app", 2, "127.0.0.1", port, {})
+
+
+def _children(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(c) for c in path.read_text().split()] if path.exists() else []
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs Linux's /proc to find the workers")
+def test_workers_exit_when_the_supervisor_is_killed(workers_home, tmp_path: Path) -> None:
+    """SIGKILL gives the parent no chance to stop its workers: the kernel must (PR_SET_PDEATHSIG)."""
+    import httpx
+
+    home, first, _, _ = workers_home
+    first.publish(home)
+    server = start_server(home, tmp_path / "server.log", SIMCLR_WORKERS="2")
+    workers = _children(server.process.pid)
+    try:
+        assert len(workers) >= 2, workers  # the two workers (and multiprocessing's resource tracker)
+        server.process.kill()
+        server.process.wait()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and any(Path(f"/proc/{w}").exists() and "Z" not in _state(w) for w in workers):
+            time.sleep(0.2)
+        alive = [w for w in workers if Path(f"/proc/{w}").exists() and "Z" not in _state(w)]
+        assert not alive, f"processes {alive} outlived their supervisor"
+        with pytest.raises(httpx.TransportError):
+            httpx.get(server.url + "/healthz", timeout=2)
+    finally:
+        for w in workers:  # nothing left if the test passed
+            if _state(w) not in ("gone", "Z"):
+                os.kill(w, signal.SIGKILL)
+        stop_server(server)
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return "gone"
