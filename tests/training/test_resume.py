@@ -112,4 +112,8 @@ def test_time_budget_stops_on_time(tiny_folder: Path, tmp_path: Path) -> None:
     # It stops after the step that crosses the budget (steps here take well under a second).
     assert budget <= history[-1]["train_seconds"] < budget + 3
     assert wall < budget + 20  # plus data loading, model set-up and the final plot
-    assert history[-1]["lr"] < 0.05 * tiny_config(tiny_folder).lr  # the cosine reached its end
+    # The cosine runs on seconds, so it neared its end: the last step's lr is set at the
+    # progress its step started from, which a slow step (a busy machine) holds back a little.
+    assert history[-1]["lr"] < 0.25 * tiny_config(tiny_folder).lr
+    cfg = tiny_config(tiny_folder, time_budget=budget)
+    assert pretrain.schedule_progress(cfg, pretrain.Progress(step=1, train_seconds=0.9 * budget), 10) == pytest.approx(0.9)
