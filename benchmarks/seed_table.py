@@ -9,8 +9,10 @@ Runs, in a fresh home (a temporary one unless --home is given):
     simclr report
 
 and writes every evaluation row, the seconds of each stage, the machine and the
-commands to --out. The DESIGN.md bar (pretrain + fine-tune within 120 minutes)
-is checked on pretraining plus the SimCLR fine-tune row. Takes about three hours
+commands to --out. ``--resume --home H --rows supervised`` adds rows to the run that
+--out records (pretraining is not repeated; the new evaluation seconds are added).
+The DESIGN.md bar (pretrain + fine-tune within 120 minutes) is checked on
+pretraining plus the SimCLR fine-tune row. Takes about three hours
 on two cores; never part of the tests.
 """
 
@@ -45,7 +47,14 @@ def main() -> None:
     p.add_argument("--eval-budget", default=None, help="override each end-to-end row's time budget, e.g. 25m (default: the preset's)")
     p.add_argument("--rows", default="linear,finetune,random,supervised,knn", help="row groups to evaluate (default: %(default)s)")
     p.add_argument("--out", default="benchmarks/results/seed_table_cpu.json", help="result file (default: %(default)s)")
+    p.add_argument("--resume", action="store_true",
+                   help="add --rows to the run in --home that --out already records, without pretraining again (default: off)")
     a = p.parse_args()
+    previous = None
+    if a.resume:
+        if not a.home or not Path(a.out).exists():
+            p.error("--resume needs --home and an existing --out from a run in that home")
+        previous = json.loads(Path(a.out).read_text())
     simclr = str(Path(sys.executable).parent / "simclr")
     with tempfile.TemporaryDirectory() as tmp:
         home = a.home or tmp
@@ -58,7 +67,12 @@ def main() -> None:
         if a.eval_budget:
             evaluate += ["--time-budget", a.eval_budget]
         report = ["report", "--home", home]
-        seconds = {name: run_stage(simclr, args) for name, args in (("pretrain", pretrain), ("evaluate", evaluate), ("report", report))}
+        if previous is None:
+            seconds = {name: run_stage(simclr, args) for name, args in (("pretrain", pretrain), ("evaluate", evaluate), ("report", report))}
+        else:
+            seconds = previous["stage_wall_seconds"]
+            seconds["evaluate"] = round(seconds["evaluate"] + run_stage(simclr, evaluate), 1)
+            seconds["report"] = run_stage(simclr, report)
         runs = sorted((Path(home) / "runs").iterdir(), key=lambda d: d.stat().st_mtime)
         run = runs[-1]
         rows = {f.stem: json.loads(f.read_text()) for f in sorted((run / "eval").glob("*.json"))}
@@ -69,10 +83,16 @@ def main() -> None:
         row.pop("classes", None)
         row.pop("data", None)
     finetune_s = rows.get("simclr_finetune_10", {}).get("seconds")
+
+    def fmt(args: list[str]) -> str:
+        return " ".join(["simclr", *args]).replace(home, "<home>")
+
     result = {
         "benchmark": "seed_table_cpu",
         "command": " ".join(shlex.quote(c) for c in [sys.executable, *sys.argv]),
-        "stage_commands": [" ".join(["simclr", *c]).replace(home, "<home>") for c in (pretrain, evaluate, report)],
+        # Every stage run for this result, in order: a --resume appends its evaluate and report.
+        "stage_commands": (previous["stage_commands"] if previous else [fmt(pretrain)]) + [fmt(evaluate), fmt(report)],
+        **({"first_command": previous.get("first_command", previous["command"])} if previous else {}),
         "machine": machine(),
         "stage_wall_seconds": seconds,
         "pretrain_train_seconds": history[-1].get("train_seconds") if history else None,

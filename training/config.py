@@ -88,12 +88,14 @@ QUICK = {
 # loading and kNN monitoring) and 15 min fine-tuning. Optimiser, temperature and projection
 # are those the issue measured (SGD Nesterov lr 0.15, wd 5e-4, T 0.2; with ResNet-18 at base
 # width 32 and 26.7 epochs: linear 67.6%, fine-tune 76.3%). The encoder is narrower, base
-# width 16: on this project's AVX512-BF16 machine width 32 does ~355 views/s (~20 epochs in
-# 95 min) and width 16 ~1100 views/s (~60 epochs), and at these budgets epochs count more
-# than width. Without bf16 hardware it is ~330 views/s.
+# width 16, and the augmented views are 24 px (the random resized crop resampled to 24x24;
+# evaluation stays at 32 px): on this project's AVX512-BF16 machine width 32 does ~355
+# views/s, width 16 ~1,100 at 32 px and ~1,950 at 24 px, i.e. ~20, ~55 and ~100 epochs in
+# 95 min, and at these budgets epochs count more than width or view size (README: the runs).
 CPU = {
     "pretrain": {
         "width": 16,
+        "crop_size": 24,
         "batch_size": 256,
         "proj_dim": 128,
         "temperature": 0.2,
