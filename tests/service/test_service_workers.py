@@ -101,21 +101,22 @@ def test_workers_exit_when_the_supervisor_is_killed(workers_home, tmp_path: Path
         server.process.kill()
         server.process.wait()
         deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and any(Path(f"/proc/{w}").exists() and "Z" not in _state(w) for w in workers):
+        while time.monotonic() < deadline and any(map(_alive, workers)):
             time.sleep(0.2)
-        alive = [w for w in workers if Path(f"/proc/{w}").exists() and "Z" not in _state(w)]
+        alive = [w for w in workers if _alive(w)]
         assert not alive, f"processes {alive} outlived their supervisor"
         with pytest.raises(httpx.TransportError):
             httpx.get(server.url + "/healthz", timeout=2)
     finally:
-        for w in workers:  # nothing left if the test passed
-            if _state(w) not in ("gone", "Z"):
-                os.kill(w, signal.SIGKILL)
+        for w in filter(_alive, workers):  # nothing left if the test passed
+            os.kill(w, signal.SIGKILL)
         stop_server(server)
 
 
-def _state(pid: int) -> str:
+def _alive(pid: int) -> bool:
+    """Running: neither gone nor a zombie waiting to be reaped."""
     try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except FileNotFoundError:
-        return "gone"
+        return False
+    return state != "Z"
