@@ -126,12 +126,13 @@ def simclr_views(images: torch.Tensor, generator: torch.Generator | None = None,
     return normalize(color_distort(x, generator=generator))
 
 
-def crop_flip(images: torch.Tensor, pad: int = 4, generator: torch.Generator | None = None) -> torch.Tensor:
+def crop_flip(images: torch.Tensor, pad: int = 4, generator: torch.Generator | None = None, cutout: int = 0) -> torch.Tensor:
     """The supervised augmentation: random crop with ``pad`` zero padding, flip p=0.5; normalised.
 
     uint8 ``(B, 3, H, W)`` -> float ``(B, 3, H, W)``. Padding is applied after
     normalisation, so it is the mean colour. Each sample gets its own offset
-    through two batched gathers (rows, then columns).
+    through two batched gathers (rows, then columns). ``cutout`` > 0 then blanks
+    a ``cutout`` x ``cutout`` square per image (see ``cutout``).
     """
     n, _, h, w = images.shape
     x = normalize(images)
@@ -143,4 +144,22 @@ def crop_flip(images: torch.Tensor, pad: int = 4, generator: torch.Generator | N
     cols = (dx.view(n, 1) + torch.arange(w, device=x.device)).view(n, 1, 1, w).expand(n, 3, h, w)
     x = x.gather(3, cols)
     flip = torch.rand(n, device=x.device, generator=generator) < 0.5
-    return torch.where(flip.view(n, 1, 1, 1), x.flip(3), x)
+    x = torch.where(flip.view(n, 1, 1, 1), x.flip(3), x)
+    return cutout_square(x, cutout, generator=generator) if cutout > 0 else x
+
+
+def cutout_square(x: torch.Tensor, size: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Cutout (DeVries & Taylor 2017): set a ``size`` x ``size`` square of each normalised image to 0
+    (the mean colour). "The centre is chosen uniformly over the image", so squares near the border
+    are partly outside it and the network also sees whole objects.
+
+    float ``(B, C, H, W)`` -> the same shape; one mask per sample, built by broadcasting.
+    """
+    n, _, h, w = x.shape
+    cy = torch.randint(0, h, (n, 1, 1), device=x.device, generator=generator)
+    cx = torch.randint(0, w, (n, 1, 1), device=x.device, generator=generator)
+    ys = torch.arange(h, device=x.device).view(1, h, 1)
+    xs = torch.arange(w, device=x.device).view(1, 1, w)
+    top, left = cy - size // 2, cx - size // 2
+    inside = (ys >= top) & (ys < top + size) & (xs >= left) & (xs < left + size)
+    return x.masked_fill(inside.unsqueeze(1), 0.0)

@@ -80,6 +80,7 @@ def add_finetune_flags(p: argparse.ArgumentParser, prefix: str = "") -> None:
     g.add_argument("--encoder-lr-scale", type=float, help=f"encoder learning rate = lr x this (default: {F.encoder_lr_scale})")
     g.add_argument("--label-smoothing", type=float, help=f"cross-entropy label smoothing (default: {F.label_smoothing})")
     g.add_argument("--head-init", choices=("random", "probe"), help=f"probe: start from a linear probe's head, LP-FT (default: {F.head_init})")
+    g.add_argument("--cutout", type=int, help=f"side in pixels of a Cutout square added to crop + flip, 0 = none (default: {F.cutout})")
 
 
 def resolve(base: Any, preset: dict[str, Any], flags: dict[str, Any]) -> Any:
@@ -99,6 +100,7 @@ def finetune_config(a: argparse.Namespace) -> FinetuneConfig:
     flags = {
         "epochs": a.ft_epochs, "time_budget": a.ft_time_budget, "label_fraction": a.label_fraction, "lr": a.ft_lr,
         "encoder_lr_scale": a.encoder_lr_scale, "label_smoothing": a.label_smoothing, "head_init": a.head_init,
+        "cutout": a.cutout,
     }  # fmt: skip
     return resolve(F, PRESETS.get(a.preset or "", {}).get("finetune", {}), flags)
 

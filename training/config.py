@@ -54,6 +54,7 @@ class FinetuneConfig:
     # moves less than the new head, so fine-tuning refines its features instead of overwriting them.
     encoder_lr_scale: float = 1.0
     label_smoothing: float = 0.0
+    cutout: int = 0  # side in pixels of the Cutout square added to crop + flip (0: none)
     # "probe": start from a linear head fitted on the frozen encoder's features (LP-FT,
     # Kumar et al. 2022), so the first steps do not push a random head's gradients into
     # the encoder; "random": a freshly initialised head.

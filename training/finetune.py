@@ -74,7 +74,7 @@ def train_one_epoch(
     progress_at: Callable[[], float],
     generator: torch.Generator,
 ) -> float:
-    """One shuffled pass with random crop + flip; returns the mean cross-entropy."""
+    """One shuffled pass with random crop + flip (+ cutout); returns the mean cross-entropy."""
     model.train()
     device = data.images.device
     order = torch.randperm(len(data), device=device, generator=generator)
@@ -88,7 +88,7 @@ def train_one_epoch(
         for group in optimizer.param_groups:
             group["lr"] = group["base_lr"] * warmup_cosine(progress, 0.0)
         idx = order[i * cfg.batch_size : (i + 1) * cfg.batch_size]
-        x = crop_flip(data.images[idx], generator=generator).contiguous(memory_format=torch.channels_last)
+        x = crop_flip(data.images[idx], generator=generator, cutout=cfg.cutout).contiguous(memory_format=torch.channels_last)
         with autocast(device):
             logits = model(x)
         loss = F.cross_entropy(logits.float(), data.labels[idx], label_smoothing=cfg.label_smoothing)

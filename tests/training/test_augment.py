@@ -1,6 +1,6 @@
 import torch
 
-from training.augment import color_distort, crop_flip, crop_flip_grid, simclr_views
+from training.augment import color_distort, crop_flip, crop_flip_grid, cutout_square, simclr_views
 from training.models import CIFAR_MEAN, CIFAR_STD
 
 
@@ -65,3 +65,17 @@ def test_crop_flip_shifts_within_padding() -> None:
     raw = denormalize(out)
     assert raw.min() >= -1e-5 and raw.max() <= 1 + 1e-5
     assert out.std(dim=0).mean() > 0  # samples differ
+
+
+def test_cutout_blanks_one_square_per_image() -> None:
+    x = torch.ones(64, 3, 32, 32)
+    out = cutout_square(x, 8, generator=torch.Generator().manual_seed(0))
+    blank = (out == 0).all(dim=1)  # (B, H, W): every channel at the mean colour
+    assert torch.equal((out == 0).any(dim=1), blank)
+    counts = blank.flatten(1).sum(1)
+    assert counts.max() == 64 and 0 < counts.min() < 64  # whole squares, and some cut by the border
+    for mask in blank[:8]:
+        rows, cols = mask.any(1).nonzero().flatten(), mask.any(0).nonzero().flatten()
+        assert mask[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1].all()  # one rectangle
+    assert torch.equal(crop_flip(images(4), generator=torch.Generator().manual_seed(1)),
+                       crop_flip(images(4), generator=torch.Generator().manual_seed(1), cutout=0))
