@@ -55,6 +55,10 @@ def test_docs_and_openapi(client: httpx.Client) -> None:
     spec = client.get("/openapi.json").json()
     assert {"/classify", "/neighbors", "/images/{item_id}", "/healthz", "/readyz", "/model", "/metrics", "/admin/reload"} <= set(spec["paths"])
     assert "ClassifyResponse" in spec["components"]["schemas"]
+    classify = spec["paths"]["/classify"]["post"]  # a DirectRoute: documented by hand, answered like the rest
+    assert [p["name"] for p in classify["parameters"]] == ["top_k"]
+    assert "multipart/form-data" in classify["requestBody"]["content"]
+    assert classify["responses"]["200"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/ClassifyResponse"}
 
 
 # --- classify ----------------------------------------------------------------------------------
