@@ -28,6 +28,7 @@ from starlette.concurrency import run_in_threadpool
 
 from service import metrics
 from service.batching import Batcher, Batchers
+from service.direct import DirectRoutes
 from service.limits import BodyLimitMiddleware
 from service.metrics import Metrics, MetricsMiddleware
 from service.routes import admin, classify, health, images, neighbors
@@ -133,6 +134,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.batchers = batchers
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(Exception, unhandled_error)
+    app.add_middleware(DirectRoutes, routes=app.router.routes)  # added first = innermost: see service.direct
     app.add_middleware(BodyLimitMiddleware, max_upload_bytes=settings.max_upload_bytes)
     if settings.cors_origins:
         app.add_middleware(

@@ -89,3 +89,28 @@ def test_decode_upload_equals_decode_image_inline_or_in_a_thread() -> None:
         assert (side * side <= INLINE_PIXELS) == (side == 32)
         got = anyio.run(decode_upload, data, 32, 10**6)
         assert got.shape == (3, 32, 32) and np.array_equal(got, decode_image(data, 32, 10**6))
+
+
+def test_direct_routes_keep_the_apps_middleware_and_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """POST /classify is answered by DirectRoutes, ahead of the router: CORS, metrics, error JSON and 405 still hold."""
+    app = create_app(Settings(home=tmp_path, cors_origins=["http://ui.example"]))
+
+    async def go() -> None:
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+            async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+                r = await client.post("/classify", files={"file": ("a.png", b"x")}, headers={"Origin": "http://ui.example"})
+                assert r.status_code == 503 and "no model" in r.json()["detail"].lower()  # an empty home
+                assert r.headers["access-control-allow-origin"] == "http://ui.example"
+                assert (await client.get("/classify")).status_code == 405  # other methods: the router, as before
+                metrics = (await client.get("/metrics")).text
+                assert 'simclr_http_requests_total{method="POST",route="/classify",status="503"} 1.0' in metrics
+
+                def bug(request: object) -> None:
+                    raise RuntimeError("a genuine bug")
+
+                monkeypatch.setattr("service.routes.classify.serving", bug)
+                r = await client.post("/classify", files={"file": ("a.png", b"x")})
+                assert r.status_code == 500 and r.json() == {"detail": "internal server error"}
+
+    anyio.run(go)
