@@ -5,7 +5,10 @@ usage: python benchmarks/service_load.py [--home artifacts] [--seconds 10] [--ou
 1. Raw batched classifier throughput, no HTTP: the function the server's batcher
    runs (``service.routes.classify.class_probabilities``) on batches of
    ``--max-batch-size`` images, with the server's thread settings, in this process,
-   before the server starts.
+   before the server starts, again between the /classify and /neighbors runs (the
+   server idle) and after it stops. The ratio uses the highest of the three: on
+   this shared machine one 10 s measurement can be 10% low, and a low raw number
+   would flatter the server.
 2. ``python -m service`` on the bundle CURRENT names in ``--home``, then ``wrk``
    (``apt-get install -y wrk``) with ``benchmarks/service_load.lua``: a multipart
    POST /classify of one indexed image (as PNG), and GET /neighbors?id= with random
@@ -206,7 +209,6 @@ def main() -> None:
     print(f"  {raw['images_per_s']} images/s", flush=True)
     n_items = bundle.index.ntotal
     manifest = bundle.manifest
-    del bundle  # the server loads its own
 
     env = {"SIMCLR_MAX_BATCH_SIZE": str(a.max_batch_size), "SIMCLR_MAX_BATCH_WAIT_MS": str(a.max_batch_wait_ms),
            "SIMCLR_LOG_LEVEL": a.log_level}
@@ -216,7 +218,7 @@ def main() -> None:
         env["SIMCLR_WORKERS"] = str(a.workers)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    runs = []
+    runs, raws = [], [raw]
     with tempfile.TemporaryDirectory() as tmp:
         upload = Path(tmp) / "image.png"
         buf = io.BytesIO()
@@ -234,10 +236,16 @@ def main() -> None:
                     runs.append(run)
                     print(f"  {endpoint:20s} c={c:<3d} {run['requests_per_s']:9.1f} req/s  p50 {run['latency_ms']['p50']} ms"
                           f"  p99 {run['latency_ms']['p99']} ms  errors {run['errors']['total']}", flush=True)
+                if endpoint == "POST /classify":
+                    raws.append(raw_classifier(bundle, image, a.max_batch_size, a.torch_threads, a.raw_seconds or a.seconds))
+                    print(f"  raw classifier, the server idle: {raws[-1]['images_per_s']} images/s", flush=True)
         finally:
             server.terminate()
             server.wait(30)
         server_log_tail = log.read_text(errors="replace")[-2000:]
+    raws.append(raw_classifier(bundle, image, a.max_batch_size, a.torch_threads, a.raw_seconds or a.seconds))
+    print(f"  raw classifier, the server stopped: {raws[-1]['images_per_s']} images/s", flush=True)
+    raw = {**max(raws, key=lambda r: r["images_per_s"]), "images_per_s_each": [r["images_per_s"] for r in raws]}
 
     def best(endpoint: str, c: int | None = None) -> float | None:
         rates = [r["requests_per_s"] for r in runs if r["endpoint"] == endpoint and (c is None or r["connections"] == c)]
