@@ -54,9 +54,8 @@ class DirectRoutes:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         route = None
         if scope["type"] == "http":
-            path = scope["path"]
-            root = scope.get("root_path", "")
-            if root and path.startswith(root):  # as Starlette's router matches: below the mount point
+            path, root = scope["path"], scope.get("root_path", "")
+            if root and path.startswith(root + "/"):  # as Starlette's router matches: below the mount point
                 path = path[len(root) :]
             route = self.table.get((scope["method"], path))
         if route is None:

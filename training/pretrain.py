@@ -118,9 +118,11 @@ def train_one_epoch(
     local = cfg.batch_size // env.world_size
     loss_sum = torch.zeros((), device=device)  # summed on-device: no host sync per step
     done, lr = 0, 0.0
+    step_start = p.train_seconds  # of the latest step: a time budget stops after the step that crosses it
     t0 = prev = time.perf_counter()  # t0 moves to the end of the first step
     bar = tqdm(range(p.batch, n_batches), desc=f"epoch {p.epoch + 1}", unit="step", leave=False, disable=not env.is_main)
     for i in bar:
+        step_start = p.train_seconds
         lr = cfg.lr * warmup_cosine(schedule_progress(cfg, p, n_batches), cfg.warmup)
         for group in optimizer.param_groups:
             group["lr"] = lr
@@ -157,6 +159,7 @@ def train_one_epoch(
         "loss": (loss_sum / max(done, 1)).item(),
         "lr": lr,
         "steps": done,
+        "last_step_start_seconds": step_start,
         "views_per_s": 2 * max(done - 1, 0) * cfg.batch_size / max(elapsed, 1e-9),  # global views: all ranks
     }
 

@@ -105,8 +105,13 @@ def test_direct_routes_keep_the_apps_middleware_and_errors(tmp_path: Path, monke
                 assert r.status_code == 503 and "no model" in r.json()["detail"].lower()  # an empty home
                 assert r.headers["access-control-allow-origin"] == "http://ui.example"
                 assert (await client.get("/classify")).status_code == 405  # other methods: the router, as before
+            mounted = httpx.ASGITransport(app=app, raise_app_exceptions=False, root_path="/api")
+            async with httpx.AsyncClient(transport=mounted, base_url="http://test") as client:
+                assert (await client.post("/api/classify", files={"file": ("a.png", b"x")})).status_code == 503
+                assert (await client.post("/apiclassify", files={"file": ("a.png", b"x")})).status_code == 404
+            async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
                 metrics = (await client.get("/metrics")).text
-                assert 'simclr_http_requests_total{method="POST",route="/classify",status="503"} 1.0' in metrics
+                assert 'simclr_http_requests_total{method="POST",route="/classify",status="503"} 2.0' in metrics
 
                 def bug(request: object) -> None:
                     raise RuntimeError("a genuine bug")
