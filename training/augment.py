@@ -132,7 +132,7 @@ def crop_flip(images: torch.Tensor, pad: int = 4, generator: torch.Generator | N
     uint8 ``(B, 3, H, W)`` -> float ``(B, 3, H, W)``. Padding is applied after
     normalisation, so it is the mean colour. Each sample gets its own offset
     through two batched gathers (rows, then columns). ``cutout`` > 0 then blanks
-    a ``cutout`` x ``cutout`` square per image (see ``cutout``).
+    a ``cutout`` x ``cutout`` square per image (``cutout_square``).
     """
     n, _, h, w = images.shape
     x = normalize(images)
@@ -150,8 +150,8 @@ def crop_flip(images: torch.Tensor, pad: int = 4, generator: torch.Generator | N
 
 def cutout_square(x: torch.Tensor, size: int, generator: torch.Generator | None = None) -> torch.Tensor:
     """Cutout (DeVries & Taylor 2017): set a ``size`` x ``size`` square of each normalised image to 0
-    (the mean colour). "The centre is chosen uniformly over the image", so squares near the border
-    are partly outside it and the network also sees whole objects.
+    (the mean colour). As in the paper, the square's centre is uniform over the whole image, so a
+    square near the border is partly outside it and some images lose little.
 
     float ``(B, C, H, W)`` -> the same shape; one mask per sample, built by broadcasting.
     """
