@@ -1,4 +1,4 @@
-"""Routes that skip FastAPI's per-request machinery, for the throughput path (/classify).
+"""Routes that skip FastAPI's per-request machinery, for the upload routes (POST /classify, POST /neighbors).
 
 A :class:`DirectRoute` is declared like any FastAPI route (its ``response_model``,
 ``responses`` and ``openapi_extra`` make the /docs entry), but its endpoint is a

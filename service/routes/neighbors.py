@@ -7,11 +7,12 @@ from typing import Annotated
 
 import numpy as np
 import torch
-from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi import APIRouter, HTTPException, Query, Request, Response
 
 from index.embed import embed
 from index.faiss_index import reconstruct, search
 from service.deps import BundleDep, serving
+from service.direct import DirectRoute, int_parameter, int_query, json_response
 from service.inference import MAX_K
 from service.schemas import Neighbor, NeighborQuery, NeighborsResponse, errors
 from service.uploads import UPLOAD_BODY, decode_upload, receive_upload
@@ -19,6 +20,7 @@ from training.artifacts import LoadedBundle
 
 router = APIRouter(tags=["model"])
 
+DEFAULT_K = 5
 K = Query(ge=1, le=MAX_K, description=f"how many neighbours, 1..{MAX_K}")
 
 
@@ -68,7 +70,7 @@ def embed_and_search(bundle: LoadedBundle, items: Sequence[tuple[np.ndarray, int
 async def neighbors_of_id(
     bundle: BundleDep,
     item_id: Annotated[int, Query(alias="id", description="an indexed image's id, 0..index size - 1")],
-    k: Annotated[int, K] = 5,
+    k: Annotated[int, K] = DEFAULT_K,
 ) -> NeighborsResponse:
     """The k indexed images most similar to indexed image ``id``, not counting itself."""
     check_id(bundle, item_id)
@@ -82,14 +84,27 @@ async def neighbors_of_id(
     return NeighborsResponse(model_version=bundle.version, query=NeighborQuery(id=item_id), neighbors=found)
 
 
-@router.post("/neighbors", response_model=NeighborsResponse, responses=errors(400, 413, 415, 422, 503), openapi_extra=UPLOAD_BODY)
-async def neighbors_of_upload(request: Request, k: Annotated[int, K] = 5) -> NeighborsResponse:
+async def neighbors_of_upload(request: Request) -> Response:
     """The k indexed images most similar to an uploaded one, embedded by the SimCLR encoder."""
     now = serving(request)  # the bundle this request answers with, whatever a reload does meanwhile
     bundle, settings = now.bundle, now.settings
+    k = int_query(request, "k", DEFAULT_K, 1, MAX_K)
     data = await receive_upload(request, settings.max_upload_bytes)
     batcher = now.batchers["neighbors"]
     with batcher.incoming():  # a batch being formed waits for this request while it decodes
         pixels = await decode_upload(data, bundle.manifest.image_size, settings.max_image_pixels)
     scores, ids = await batcher.submit(bundle, (pixels, k))  # batched with concurrent requests
-    return NeighborsResponse(model_version=bundle.version, query=NeighborQuery(), neighbors=hits(bundle, scores, ids, k))
+    return json_response(NeighborsResponse(model_version=bundle.version, query=NeighborQuery(), neighbors=hits(bundle, scores, ids, k)))
+
+
+# An upload route, like /classify: a DirectRoute (service.direct), so FastAPI documents it but
+# DirectRoutes answers it. GET /neighbors keeps FastAPI's declared parameters.
+router.add_api_route(
+    "/neighbors",
+    neighbors_of_upload,
+    methods=["POST"],
+    response_model=NeighborsResponse,
+    responses=errors(400, 413, 415, 422, 503),
+    openapi_extra={**UPLOAD_BODY, "parameters": [int_parameter("k", DEFAULT_K, 1, f"how many neighbours, 1..{MAX_K}")]},
+    route_class_override=DirectRoute,
+)

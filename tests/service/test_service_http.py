@@ -59,6 +59,9 @@ def test_docs_and_openapi(client: httpx.Client) -> None:
     assert [p["name"] for p in classify["parameters"]] == ["top_k"]
     assert "multipart/form-data" in classify["requestBody"]["content"]
     assert classify["responses"]["200"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/ClassifyResponse"}
+    upload = spec["paths"]["/neighbors"]["post"]  # a DirectRoute too; GET /neighbors is a plain FastAPI route
+    assert [p["name"] for p in upload["parameters"]] == ["k"] and "multipart/form-data" in upload["requestBody"]["content"]
+    assert {p["name"] for p in spec["paths"]["/neighbors"]["get"]["parameters"]} == {"id", "k"}
 
 
 # --- classify ----------------------------------------------------------------------------------
