@@ -205,8 +205,13 @@ def main() -> None:
     bundle = for_serving(load_bundle(home.bundle_dir(version)))  # the models exactly as the server runs them
     image = np.asarray(bundle.pixels[0])
     print(f"model {version}: raw classifier throughput, batch {a.max_batch_size} ...", flush=True)
-    raw = raw_classifier(bundle, image, a.max_batch_size, a.torch_threads, a.raw_seconds or a.seconds)
-    print(f"  {raw['images_per_s']} images/s", flush=True)
+
+    def measure_raw(when: str) -> dict[str, object]:
+        result = raw_classifier(bundle, image, a.max_batch_size, a.torch_threads, a.raw_seconds or a.seconds)
+        print(f"  raw classifier, {when}: {result['images_per_s']} images/s", flush=True)
+        return result
+
+    raws = [measure_raw("before the server")]
     n_items = bundle.index.ntotal
     manifest = bundle.manifest
 
@@ -218,7 +223,7 @@ def main() -> None:
         env["SIMCLR_WORKERS"] = str(a.workers)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    runs, raws = [], [raw]
+    runs = []
     with tempfile.TemporaryDirectory() as tmp:
         upload = Path(tmp) / "image.png"
         buf = io.BytesIO()
@@ -237,14 +242,12 @@ def main() -> None:
                     print(f"  {endpoint:20s} c={c:<3d} {run['requests_per_s']:9.1f} req/s  p50 {run['latency_ms']['p50']} ms"
                           f"  p99 {run['latency_ms']['p99']} ms  errors {run['errors']['total']}", flush=True)
                 if endpoint == "POST /classify":
-                    raws.append(raw_classifier(bundle, image, a.max_batch_size, a.torch_threads, a.raw_seconds or a.seconds))
-                    print(f"  raw classifier, the server idle: {raws[-1]['images_per_s']} images/s", flush=True)
+                    raws.append(measure_raw("the server idle"))
         finally:
             server.terminate()
             server.wait(30)
         server_log_tail = log.read_text(errors="replace")[-2000:]
-    raws.append(raw_classifier(bundle, image, a.max_batch_size, a.torch_threads, a.raw_seconds or a.seconds))
-    print(f"  raw classifier, the server stopped: {raws[-1]['images_per_s']} images/s", flush=True)
+    raws.append(measure_raw("the server stopped"))
     raw = {**max(raws, key=lambda r: r["images_per_s"]), "images_per_s_each": [r["images_per_s"] for r in raws]}
 
     def best(endpoint: str, c: int | None = None) -> float | None:
