@@ -44,6 +44,7 @@ def main() -> None:
     p.add_argument("--home", help="artifacts folder to keep the run in (default: a temporary folder, deleted after)")
     p.add_argument("--pretrain-budget", default=None, help="override the preset's pretraining time budget, e.g. 90m (default: the preset's)")
     p.add_argument("--crop-size", default=None, help="pretraining view size in pixels, e.g. 24 (default: the preset's, the image size)")
+    p.add_argument("--expand", default=None, help="channels of the encoder's 1x1 expansion before pooling, e.g. 512 (default: the preset's)")
     p.add_argument("--eval-budget", default=None, help="override each end-to-end row's time budget, e.g. 25m (default: the preset's)")
     p.add_argument("--rows", default="linear,finetune,random,supervised,knn", help="row groups to evaluate (default: %(default)s)")
     p.add_argument("--out", default="benchmarks/results/seed_table_cpu.json", help="result file (default: %(default)s)")
@@ -64,6 +65,8 @@ def main() -> None:
             pretrain += ["--time-budget", a.pretrain_budget]
         if a.crop_size:
             pretrain += ["--crop-size", a.crop_size]
+        if a.expand:
+            pretrain += ["--expand", a.expand]
         if a.eval_budget:
             evaluate += ["--time-budget", a.eval_budget]
         report = ["report", "--home", home]

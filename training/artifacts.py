@@ -80,7 +80,8 @@ class Manifest(BaseModel):
 
     @property
     def encoder_spec(self) -> EncoderSpec:
-        return EncoderSpec(arch=str(self.backbone["arch"]), width=int(self.backbone["width"]), image_size=self.image_size)
+        b = self.backbone
+        return EncoderSpec(arch=str(b["arch"]), width=int(b["width"]), image_size=self.image_size, expand=int(b.get("expand", 0)))
 
 
 @dataclass(frozen=True)
@@ -229,7 +230,7 @@ def publish_bundle(
             version=version,
             created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
             run_id=run_id,
-            backbone={"arch": spec.arch, "width": spec.width},
+            backbone={"arch": spec.arch, "width": spec.width, "expand": spec.expand},
             image_size=spec.image_size,
             normalization={"mean": list(CIFAR_MEAN), "std": list(CIFAR_STD)},
             class_names=class_names,

@@ -8,6 +8,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
+from training.models import EncoderSpec
+
 
 @dataclass(frozen=True)
 class PretrainConfig:
@@ -15,6 +17,7 @@ class PretrainConfig:
     arch: str = "resnet18"
     width: int = 64
     image_size: int = 32
+    expand: int = 0  # channels of a 1x1 expansion before pooling (models.EncoderSpec; 0: none)
     # Side of the augmented views; None: image_size. The random resized crop zooms in
     # anyway, and a view's cost scales with its pixels (24 px: 0.56x of 32 px).
     crop_size: int | None = None
@@ -41,6 +44,10 @@ class PretrainConfig:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @property
+    def encoder_spec(self) -> EncoderSpec:
+        return EncoderSpec(self.arch, self.width, self.image_size, self.expand)
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ from training.data import DataError, ImageSet, has_split, load_split, stratified
 from training.evaluate import topk_accuracy, weighted_knn_predict
 from training.finetune import finetune, load_encoder, run_config
 from training.linear_eval import encode, linear_probe
-from training.models import EncoderSpec, build_encoder, feature_dim
+from training.models import build_encoder, feature_dim
 from training.runtime import keep_freed_memory, pick_device, set_threads
 
 GROUPS: dict[str, tuple[str, ...]] = {
@@ -68,7 +68,7 @@ class Suite:
     def __init__(self, home: ArtifactHome, run: RunPaths, cfg: FinetuneConfig, data: str | None = None, limit: int | None = None) -> None:
         self.run, self.cfg = run, cfg
         self.pcfg = run_config(run)
-        self.spec = EncoderSpec(self.pcfg.arch, self.pcfg.width, self.pcfg.image_size)
+        self.spec = self.pcfg.encoder_spec
         self.device = pick_device(cfg.device)
         self.src = data or self.pcfg.data
         lim = limit if limit is not None else self.pcfg.limit

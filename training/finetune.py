@@ -21,7 +21,7 @@ from training.config import FinetuneConfig, PretrainConfig
 from training.data import DataError, ImageSet, has_split, load_split, stratified_indices
 from training.evaluate import predict, topk_accuracy
 from training.linear_eval import fit_linear
-from training.models import Classifier, EncoderSpec, build_encoder, feature_dim
+from training.models import Classifier, build_encoder, feature_dim
 from training.runtime import autocast, keep_freed_memory, param_groups, pick_device, set_threads, warmup_cosine
 
 
@@ -30,7 +30,7 @@ def run_config(run: RunPaths) -> PretrainConfig:
 
 
 def load_encoder(run: RunPaths, cfg: PretrainConfig) -> torch.nn.Module:
-    encoder = build_encoder(EncoderSpec(cfg.arch, cfg.width, cfg.image_size))
+    encoder = build_encoder(cfg.encoder_spec)
     encoder.load_state_dict(torch.load(run.encoder, map_location="cpu", weights_only=True))
     return encoder
 
@@ -165,7 +165,7 @@ def main(cfg: FinetuneConfig, home: ArtifactHome, run: RunPaths, data: str | Non
     labelled = ImageSet(train.images[keep].to(device), train.labels[keep].to(device), train.classes, [])
     test = ImageSet(test.images.to(device), test.labels.to(device), test.classes, [])
     print(f"fine-tuning on {len(labelled)} labelled images ({cfg.label_fraction:.0%}), testing on {len(test)} ({test_split})")
-    model, metrics = finetune(load_encoder(run, pcfg), feature_dim(EncoderSpec(pcfg.arch, pcfg.width)), labelled, test, cfg)
+    model, metrics = finetune(load_encoder(run, pcfg), feature_dim(pcfg.encoder_spec), labelled, test, cfg)
     atomic_torch_save(model.cpu().state_dict(), run.classifier)
     atomic_write_json(run.finetune, {"config": cfg.as_dict(), "data": src, "test_split": test_split, "classes": train.classes, "metrics": metrics})
     print(f"fine-tuned: test top-1 {metrics['finetune_top1']:.1%}, top-3 {metrics['finetune_top3']:.1%}")

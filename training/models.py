@@ -32,6 +32,11 @@ class EncoderSpec:
     arch: str = "resnet18"
     width: int = 64
     image_size: int = 32
+    # Channels of a 1x1 conv + BN + ReLU after the last stage, before pooling (0: none).
+    # A narrow ResNet pools only 8 * width features (128 at width 16); the expansion
+    # widens the representation for a few percent of the FLOPs, because the last
+    # stage's maps are tiny, as ResNet-50's last bottleneck and MobileNetV2's last layer do.
+    expand: int = 0
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -55,6 +60,11 @@ def build_encoder(spec: EncoderSpec) -> ResNet:
     net.conv1 = nn.Conv2d(3, w, kernel_size=3, stride=1, padding=1, bias=False)
     net.maxpool = nn.Identity()
     net.fc = nn.Identity()
+    if spec.expand:
+        # Appended to layer4 so that the other parameters keep their names.
+        in_dim = 8 * w * block.expansion
+        net.layer4.append(nn.Sequential(
+            nn.Conv2d(in_dim, spec.expand, kernel_size=1, bias=False), nn.BatchNorm2d(spec.expand), nn.ReLU(inplace=True)))
     for m in net.modules():
         if isinstance(m, nn.Conv2d):
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -62,7 +72,7 @@ def build_encoder(spec: EncoderSpec) -> ResNet:
 
 
 def feature_dim(spec: EncoderSpec) -> int:
-    return 8 * spec.width * ARCHS[spec.arch][0].expansion
+    return spec.expand or 8 * spec.width * ARCHS[spec.arch][0].expansion
 
 
 class ProjectionHead(nn.Module):

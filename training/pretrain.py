@@ -31,7 +31,7 @@ from training.distributed import DistEnv, any_rank, barrier, init_distributed, s
 from training.evaluate import features, weighted_knn_predict
 from training.lars import LARS
 from training.loss import nt_xent_loss
-from training.models import EncoderSpec, SimCLRModel
+from training.models import SimCLRModel
 from training.runtime import autocast, keep_freed_memory, param_groups, set_threads, warmup_cosine
 
 
@@ -258,7 +258,7 @@ def main(cfg: PretrainConfig, home: ArtifactHome, run: RunPaths | None = None) -
         bank = ImageSet(train.images[keep].to(device), train.labels[keep], train.classes, [])
     images = train.images.to(device)
 
-    model = SimCLRModel(EncoderSpec(cfg.arch, cfg.width, cfg.image_size), cfg.proj_dim)
+    model = SimCLRModel(cfg.encoder_spec, cfg.proj_dim)
     if env.enabled and cfg.sync_bn:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model = model.to(device)

@@ -6,7 +6,6 @@ import json
 
 from training.artifacts import ArtifactHome, RunPaths, publish_bundle
 from training.finetune import run_config
-from training.models import EncoderSpec
 
 
 def run_metrics(run: RunPaths) -> tuple[list[str], dict[str, float]]:
@@ -37,7 +36,7 @@ def publish_run(home: ArtifactHome, run: RunPaths, make_current: bool = True) ->
         encoder_file=run.encoder,
         classifier_file=run.classifier,
         index_dir=run.index_dir,
-        spec=EncoderSpec(cfg.arch, cfg.width, cfg.image_size),
+        spec=cfg.encoder_spec,
         class_names=classes,
         metrics=metrics,
         run_id=run.run_id,
