@@ -47,7 +47,7 @@ def test_healthz_readyz_model(client: httpx.Client, bundle) -> None:
     assert model["model_version"] == model["version"] == bundle.version
     assert model["class_names"] == CLASS_NAMES
     assert model["image_size"] == 32 and model["index"]["size"] == len(bundle.images)
-    assert model["backbone"] == {"arch": "resnet18", "width": 8}
+    assert model["backbone"] == {"arch": "resnet18", "width": 8, "expand": 0}
 
 
 def test_docs_and_openapi(client: httpx.Client) -> None:
