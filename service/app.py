@@ -140,7 +140,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.batchers = batchers
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(Exception, unhandled_error)
-    app.add_middleware(DirectRoutes, routes=app.router.routes)  # added first = innermost: see service.direct
+    # Added first = innermost: see service.direct. The routes come from our routers themselves:
+    # FastAPI >= 0.16x keeps an included router as one wrapper entry in app.router.routes.
+    app.add_middleware(DirectRoutes, routes=[*classify.router.routes, *neighbors.router.routes])
     app.add_middleware(BodyLimitMiddleware, max_upload_bytes=settings.max_upload_bytes)
     if settings.cors_origins:
         app.add_middleware(

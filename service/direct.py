@@ -41,9 +41,8 @@ class DirectRoute(APIRoute):
 class DirectRoutes:
     """Pure ASGI middleware that answers the app's :class:`DirectRoute` s itself.
 
-    Add it first (innermost). ``routes`` is the app's route list, read when the
-    middleware stack is built (at the first request), so routers included after
-    ``add_middleware`` count. A request whose method is not the route's falls
+    Add it first (innermost), with the routes of the routers that hold DirectRoutes,
+    included without a prefix. A request whose method is not the route's falls
     through to the router, which answers 405 as usual.
     """
 

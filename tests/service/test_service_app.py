@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from service.app import create_app
+from service.direct import DirectRoutes
 from service.settings import Settings
 from service.state import ModelStore
 from training.artifacts import ArtifactHome
@@ -109,6 +110,10 @@ def test_direct_routes_keep_the_apps_middleware_and_errors(tmp_path: Path, monke
             async with httpx.AsyncClient(transport=mounted, base_url="http://test") as client:
                 assert (await client.post("/api/classify", files={"file": ("a.png", b"x")})).status_code == 503
                 assert (await client.post("/apiclassify", files={"file": ("a.png", b"x")})).status_code == 404
+            layer = app.middleware_stack  # built by the first request
+            while not isinstance(layer, DirectRoutes):
+                layer = layer.app
+            assert {("POST", "/classify"), ("POST", "/neighbors")} <= set(layer.table)  # not left to the router
             async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
                 metrics = (await client.get("/metrics")).text
                 assert 'simclr_http_requests_total{method="POST",route="/classify",status="503"} 2.0' in metrics
