@@ -133,6 +133,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description="Classify images and find similar ones with a self-supervised SimCLR encoder.",
         version="0.1.0",
         lifespan=lifespan,
+        telemetry={"tracing": settings.opentelemetry, "metrics": settings.opentelemetry, "logs": settings.opentelemetry},
     )
     app.state.settings = settings
     app.state.store = store
@@ -188,7 +189,10 @@ def run(settings: Settings | None = None) -> None:
     log_config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
     # Our "service" logger through uvicorn's handler, so model loads and errors show like its own lines.
     log_config["loggers"]["service"] = {"handlers": ["default"], "level": settings.log_level.upper(), "propagate": False}
-    where = {"host": settings.host, "port": settings.port, "log_level": settings.log_level, "log_config": log_config}
+    # uvicorn builds each access-log line's arguments before the logger drops them below info.
+    access_log = settings.log_level.lower() in ("info", "debug", "trace")
+    where = {"host": settings.host, "port": settings.port, "log_level": settings.log_level, "log_config": log_config,
+             "access_log": access_log}
     if settings.workers == 1:
         uvicorn.run(create_app(settings), **where)
         return
@@ -200,6 +204,6 @@ def run(settings: Settings | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="simclr-metrics-") as metrics_dir:
         os.environ.update(settings.as_environment())
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir  # read when each worker imports prometheus_client
-        options = {"log_level": settings.log_level, "log_config": log_config}
+        options = {"log_level": settings.log_level, "log_config": log_config, "access_log": access_log}
         supervise("service.app:create_worker_app", settings.workers, settings.host, settings.port, options,
                   on_exit=lambda pid: prometheus_multiprocess.mark_process_dead(pid, metrics_dir))

@@ -31,6 +31,9 @@ def test_settings_from_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> N
     monkeypatch.setenv("SIMCLR_CORS_ORIGINS", '["http://c.example"]')
     assert Settings().cors_origins == ["http://c.example"]
     assert Settings(port=9000).port == 9000  # explicit values (the CLI's) win over the environment
+    assert Settings().opentelemetry is False
+    monkeypatch.setenv("SIMCLR_OPENTELEMETRY", "1")
+    assert Settings().opentelemetry is True
 
 
 def test_bugs_are_json_500_and_cors(tmp_path: Path) -> None:
