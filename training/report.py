@@ -127,7 +127,7 @@ def main(home: ArtifactHome, run: RunPaths, seed: int = 0) -> Path:
     text = "\n".join([
         f"# SimCLR evaluation: run {run.run_id}",
         "",
-        f"Encoder {cfg.arch} (width {cfg.width}), pretrained {epochs} epochs ({minutes:.0f} min) on `{cfg.data}`: "
+        f"Encoder {cfg.arch} (width {cfg.width}{f', {cfg.expand} features' if cfg.expand else ''}), pretrained {epochs} epochs ({minutes:.0f} min) on `{cfg.data}`: "
         f"batch {cfg.batch_size}, {cfg.optimizer} lr {cfg.lr}, temperature {cfg.temperature}, projection {cfg.proj_dim}, "
         f"views {cfg.crop_size or cfg.image_size} px.",
         "Top-1 / top-3 on the whole test split. \"seed\": the seed's GPU run (ResNet-50, 50 epochs). "
