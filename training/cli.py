@@ -27,6 +27,13 @@ def duration(text: str) -> float:
     return float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[m.group(2)]
 
 
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
 def positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -53,7 +60,7 @@ def add_pretrain_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--preset", choices=sorted(PRESETS), help="a named recipe: quick (minutes on a CPU), cpu (the seed's table in 120 min on 2 cores), seed (the seed's GPU run)")
     g.add_argument("--arch", choices=["resnet18", "resnet34", "resnet50"], help=f"encoder (default: {P.arch})")
     g.add_argument("--width", type=positive_int, help=f"ResNet base width; 32 is a quarter of the FLOPs (default: {P.width})")
-    g.add_argument("--expand", type=int, help=f"channels of a 1x1 conv + BN + ReLU before pooling, the feature size (0: none, 8 x width features; default: {P.expand})")
+    g.add_argument("--expand", type=non_negative_int, help=f"channels of a 1x1 conv + BN + ReLU before pooling, the feature size (0: none, 8 x width features; default: {P.expand})")
     g.add_argument("--epochs", type=positive_int, help=f"pretraining epochs (default: {P.epochs})")
     g.add_argument("--time-budget", type=duration, help="fit the schedule to this wall-clock time instead of epochs, e.g. 90m (default: none)")
     g.add_argument("--batch-size", type=positive_int, help=f"images per step, two views each (default: {P.batch_size})")
