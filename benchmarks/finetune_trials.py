@@ -1,0 +1,91 @@
+"""Fine-tune recipes on one pretrained encoder, compared on held-out training images.
+
+usage: python benchmarks/finetune_trials.py --home H --run RUN_ID --epochs 100 \\
+           --trial preset: --trial lpft:head_init=probe [--out FILE]
+
+Each trial fine-tunes the run's encoder as ``simclr finetune --preset cpu`` does (the
+stratified 10% labelled subset, same seed), with the named FinetuneConfig fields
+changed, for a fixed number of epochs: a time budget would make trials depend on the
+machine's load. It reports top-1 on 5,000 other *training* images (validation: the
+figure to choose a recipe by) and top-1 / top-3 on the test split (recorded, not for
+choosing). Trials run one after the other with every core. Writes JSON with the command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import shlex
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import machine  # noqa: E402
+
+from training.artifacts import ArtifactHome, RunPaths  # noqa: E402
+from training.config import CPU, FinetuneConfig, with_overrides  # noqa: E402
+from training.data import ImageSet, load_split, stratified_indices  # noqa: E402
+from training.evaluate import predict, topk_accuracy  # noqa: E402
+from training.finetune import finetune, load_encoder, run_config  # noqa: E402
+from training.models import feature_dim  # noqa: E402
+from training.runtime import set_threads  # noqa: E402
+
+VALIDATION_IMAGES = 5000
+
+
+def parse_trial(text: str) -> tuple[str, dict[str, object]]:
+    """``name:field=value,field=value`` -> (name, overrides), values typed as the field's default."""
+    name, _, rest = text.partition(":")
+    types = {f.name: type(f.default) for f in dataclasses.fields(FinetuneConfig)}
+    overrides: dict[str, object] = {}
+    for item in filter(None, rest.split(",")):
+        key, _, value = item.partition("=")
+        if key not in types:
+            raise SystemExit(f"unknown FinetuneConfig field {key!r}; choose from {', '.join(types)}")
+        overrides[key] = types[key](value) if types[key] is not type(None) else float(value)
+    return name, overrides
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--home", required=True, help="artifact home holding the run")
+    p.add_argument("--run", required=True, help="run id (a folder under HOME/runs)")
+    p.add_argument("--epochs", type=int, default=100, help="fine-tuning epochs per trial (default: %(default)s)")
+    p.add_argument("--trial", action="append", required=True, help="name:field=value,... over the cpu preset's fine-tune")
+    p.add_argument("--out", default="benchmarks/results/finetune_trials.json", help="(default: %(default)s)")
+    a = p.parse_args()
+    set_threads()
+    home, run = ArtifactHome(Path(a.home)), RunPaths(Path(a.home) / "runs" / a.run)
+    pcfg = run_config(run)
+    train = load_split(pcfg.data, "train", data_dir=home.data, image_size=pcfg.image_size, seed=pcfg.seed)
+    test = load_split(pcfg.data, "test", data_dir=home.data, image_size=pcfg.image_size, seed=pcfg.seed)
+    base = with_overrides(FinetuneConfig(), {**CPU["finetune"], "time_budget": None, "epochs": a.epochs})
+    labelled_idx = stratified_indices(train.labels, base.label_fraction, base.seed)
+    rest = torch.ones(len(train), dtype=torch.bool)
+    rest[labelled_idx] = False
+    others = torch.nonzero(rest).flatten()
+    val_idx = others[torch.randperm(len(others), generator=torch.Generator().manual_seed(1))[:VALIDATION_IMAGES]]
+    labelled = ImageSet(train.images[labelled_idx], train.labels[labelled_idx], train.classes, [])
+    val = ImageSet(train.images[val_idx], train.labels[val_idx], train.classes, [])
+    trials = []
+    for text in a.trial:
+        name, overrides = parse_trial(text)
+        cfg = dataclasses.replace(base, **overrides)
+        model, metrics = finetune(load_encoder(run, pcfg), feature_dim(pcfg.encoder_spec), labelled, val, cfg)
+        test_acc = topk_accuracy(predict(model, test.images), test.labels, (1, 3))
+        trials.append({"name": name, "overrides": overrides, "config": cfg.as_dict(), "epochs": metrics["finetune_epochs"],
+                       "seconds": round(metrics["finetune_seconds"], 1), "validation_top1": metrics["finetune_top1"],
+                       "test_top1": test_acc["top1"], "test_top3": test_acc["top3"]})
+        print(f"{name}: validation {metrics['finetune_top1']:.1%}, test {test_acc['top1']:.1%} / {test_acc['top3']:.1%}", flush=True)
+        result = {"benchmark": "finetune_trials", "command": " ".join(shlex.quote(c) for c in [sys.executable, *sys.argv]),
+                  "machine": machine(), "run": a.run, "pretrain_config": pcfg.as_dict(),
+                  "validation": f"{VALIDATION_IMAGES} training images outside the labelled subset", "trials": trials}
+        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.out).write_text(json.dumps(result, indent=2) + "\n")  # after each trial: a stopped run keeps what it did
+
+
+if __name__ == "__main__":
+    main()
