@@ -6,11 +6,13 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from index.embed import embed
 from index.faiss_index import build_index
 from training.artifacts import MANIFEST_FILE, ArtifactHome, load_bundle, publish_bundle, sha256_file, write_index_dir
+from training.cli import main as simclr
 from training.config import PretrainConfig
 from training.models import Classifier, EncoderSpec, build_encoder, feature_dim
 
@@ -51,3 +53,10 @@ def test_expanded_bundle_loads_and_old_manifests_mean_no_expansion(tmp_path: Pat
     manifest = json.loads((home.models / version / MANIFEST_FILE).read_text())
     del manifest["backbone"]["expand"]  # as written before the expansion existed
     assert type(loaded.manifest).model_validate(manifest).encoder_spec == EncoderSpec(width=8)
+
+
+def test_negative_expansion_is_refused_by_the_cli(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    with pytest.raises(SystemExit) as e:
+        simclr(["pretrain", "--data", str(tmp_path), "--home", str(tmp_path), "--expand", "-1"])
+    assert e.value.code == 2 and "--expand: must be >= 0, got -1" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()  # nothing started
