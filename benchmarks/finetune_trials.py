@@ -62,7 +62,9 @@ def main() -> None:
     pcfg = run_config(run)
     train = load_split(pcfg.data, "train", data_dir=home.data, image_size=pcfg.image_size, seed=pcfg.seed)
     test = load_split(pcfg.data, "test", data_dir=home.data, image_size=pcfg.image_size, seed=pcfg.seed)
-    base = with_overrides(FinetuneConfig(), {**CPU["finetune"], "time_budget": None, "epochs": a.epochs})
+    # The preset's recipe without its time budget: epochs, so that machine load does not change a trial.
+    preset = {k: v for k, v in CPU["finetune"].items() if k != "time_budget"}
+    base = with_overrides(FinetuneConfig(), {**preset, "epochs": a.epochs})
     labelled_idx = stratified_indices(train.labels, base.label_fraction, base.seed)
     rest = torch.ones(len(train), dtype=torch.bool)
     rest[labelled_idx] = False
