@@ -4,7 +4,7 @@ usage: python benchmarks/seed_table.py [--data DIR] [--home DIR] [--out benchmar
 
 Runs, in a fresh home (a temporary one unless --home is given):
 
-    simclr pretrain --preset cpu --data DIR      (95 min on a time budget)
+    simclr pretrain --preset cpu --data DIR      (103 min on a time budget)
     simclr evaluate --preset cpu                 (every row; end-to-end rows 15 min each)
     simclr report
 
