@@ -7,9 +7,9 @@ Each trial fine-tunes the run's encoder as ``simclr finetune --preset cpu`` does
 stratified 10% labelled subset, same seed), with the named FinetuneConfig fields
 changed, for a fixed number of epochs: a time budget would make trials depend on the
 machine's load. It reports top-1 on other *training* images (validation, 5,000 by
-default: the figure to choose a recipe by) and top-1 / top-3 on the test split (recorded, not for
-choosing). Trials run one after the other with every core the process may use (``taskset``
-runs two side by side). Writes JSON with the command.
+default: the figure to choose a recipe by) and top-1 / top-3 on the test split
+(recorded, not for choosing). Trials run one after the other with every core the
+process may use (``taskset`` runs two side by side). Writes JSON with the command.
 
 At 5,000 validation images one top-1 figure has a standard error of ~0.6 points, as large
 as the differences between recipes; ``--validation-images 45000`` (every training image
@@ -61,6 +61,8 @@ def main() -> None:
                    help="training images outside the labelled subset to choose by, at most 45000 for CIFAR-10 (default: %(default)s)")
     p.add_argument("--out", default="benchmarks/results/finetune_trials.json", help="(default: %(default)s)")
     a = p.parse_args()
+    if a.validation_images < 1:
+        p.error(f"--validation-images must be at least 1, got {a.validation_images}")
     set_threads()
     home, run = ArtifactHome(Path(a.home)), RunPaths(Path(a.home) / "runs" / a.run)
     pcfg = run_config(run)
@@ -73,6 +75,8 @@ def main() -> None:
     rest = torch.ones(len(train), dtype=torch.bool)
     rest[labelled_idx] = False
     others = torch.nonzero(rest).flatten()
+    if a.validation_images > len(others):
+        p.error(f"--validation-images {a.validation_images}: only {len(others)} training images are outside the labelled subset")
     val_idx = others[torch.randperm(len(others), generator=torch.Generator().manual_seed(1))[: a.validation_images]]
     labelled = ImageSet(train.images[labelled_idx], train.labels[labelled_idx], train.classes, [])
     val = ImageSet(train.images[val_idx], train.labels[val_idx], train.classes, [])
