@@ -66,6 +66,25 @@ def table(results: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def finetune_recipe(results: dict[str, dict[str, Any]]) -> str | None:
+    """One sentence naming the end-to-end rows' fine-tune recipe (the first such row's), or None."""
+    rows = [results[n] for n in ("simclr_finetune_10", "random_finetune_10", "supervised_100") if "finetune_config" in results.get(n, {})]
+    if not rows:
+        return None
+    c = rows[0]["finetune_config"]
+    extras = [
+        f"label smoothing {c['label_smoothing']}" if c.get("label_smoothing") else "",
+        f"Cutout {c['cutout']} px" if c.get("cutout") else "",
+        f"encoder lr x{c['encoder_lr_scale']}" if c.get("encoder_lr_scale", 1.0) != 1.0 else "",
+        "head from a linear probe (LP-FT)" if c.get("head_init") == "probe" else "",
+    ]
+    length = f"{c['time_budget'] / 60:g} min each" if c.get("time_budget") else f"{c['epochs']} epochs each"
+    epochs = ", ".join(f"{name} {row['epochs']:.0f}" for name, row in results.items() if "epochs" in row)
+    augment = ", ".join(["random crop + flip", *filter(None, extras)])
+    return (f"End-to-end rows: Adam lr {c['lr']}, weight decay {c['weight_decay']}, batch {c['batch_size']}, cosine, "
+            f"{augment}; {length} (epochs: {epochs}).")
+
+
 def read_history(run: RunPaths) -> list[dict[str, float]]:
     if not run.metrics.exists():
         return []
@@ -132,6 +151,7 @@ def main(home: ArtifactHome, run: RunPaths, seed: int = 0) -> Path:
         f"views {cfg.crop_size or cfg.image_size} px.",
         "Top-1 / top-3 on the whole test split. \"seed\": the seed's GPU run (ResNet-50, 50 epochs). "
         "Heads on 10% of the labels use the stratified subset of `simclr finetune`.",
+        *([recipe] if (recipe := finetune_recipe(results)) else []),
         "",
         table(results),
         "",

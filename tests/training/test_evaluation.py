@@ -90,6 +90,7 @@ def test_report_has_the_table_and_figures(evaluated_home: Path) -> None:
     assert "77.4% / 94.8%" in text and "71.3% / 93.6%" in text and "38.2% / 60.1%" in text and "15.6% / 34.4%" in text
     assert "supervised from scratch, 100% labels" in text and "weighted kNN" in text
     assert "not run" not in text
+    assert "End-to-end rows: Adam lr" in text and "simclr_finetune_10 " in text  # the fine-tune recipe, epochs per row
     for name in ("loss", "accuracy", "neighbours"):
         assert run.report_figure(name).stat().st_size > 0
         assert f"({name}.png)" in text
@@ -103,6 +104,7 @@ def test_report_shows_missing_rows_as_not_run(evaluated_home: Path) -> None:
     simclr(["report", "--home", str(evaluated_home), "--run", "bare"])  # embeds the test split: no index/
     text = (bare / "report" / "REPORT.md").read_text()
     assert text.count("not run") == 9  # 3 + 3 in the seed table, kNN and both supervised rows
+    assert "End-to-end rows" not in text  # no end-to-end row ran: no recipe to name
     assert (bare / "report" / "neighbours.png").stat().st_size > 0
 
 
