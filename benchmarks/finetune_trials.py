@@ -32,11 +32,12 @@ from machine import machine  # noqa: E402
 
 from training.artifacts import ArtifactHome, RunPaths  # noqa: E402
 from training.config import CPU, FinetuneConfig, with_overrides  # noqa: E402
-from training.data import ImageSet, load_split, stratified_indices  # noqa: E402
+from training.data import load_split, stratified_indices  # noqa: E402
 from training.evaluate import predict, topk_accuracy  # noqa: E402
 from training.finetune import finetune, load_encoder, run_config  # noqa: E402
 from training.models import feature_dim  # noqa: E402
 from training.runtime import set_threads  # noqa: E402
+
 
 def parse_trial(text: str) -> tuple[str, dict[str, object]]:
     """``name:field=value,field=value`` -> (name, overrides), values typed as the field's default."""
@@ -78,8 +79,7 @@ def main() -> None:
     if a.validation_images > len(others):
         p.error(f"--validation-images {a.validation_images}: only {len(others)} training images are outside the labelled subset")
     val_idx = others[torch.randperm(len(others), generator=torch.Generator().manual_seed(1))[: a.validation_images]]
-    labelled = ImageSet(train.images[labelled_idx], train.labels[labelled_idx], train.classes, [])
-    val = ImageSet(train.images[val_idx], train.labels[val_idx], train.classes, [])
+    labelled, val = train.subset(labelled_idx), train.subset(val_idx)
     trials = []
     for text in a.trial:
         name, overrides = parse_trial(text)

@@ -92,8 +92,8 @@ QUICK = {
     "finetune": {"time_budget": 150.0},
 }
 
-# The seed's table on two CPU cores in 120 minutes: 103 min pretraining (the stage took 103.2,
-# data loading and kNN monitoring included) and 15 min fine-tuning. Optimiser, temperature and projection
+# The seed's table on two CPU cores in 120 minutes: 103 min pretraining (data loading and kNN
+# monitoring included: the stage took 103.2) and 15 min fine-tuning. Optimiser, temperature and projection
 # are those the issue measured (SGD Nesterov lr 0.15, wd 5e-4, T 0.2; with ResNet-18 at base
 # width 32 and 26.7 epochs: linear 67.6%, fine-tune 76.3%). The encoder is narrower, base
 # width 16, and the augmented views are 24 px (the random resized crop resampled to 24x24;

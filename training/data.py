@@ -53,6 +53,10 @@ class ImageSet:
     def labelled(self) -> bool:
         return bool(self.classes) and bool((self.labels >= 0).all())
 
+    def subset(self, idx: torch.Tensor) -> ImageSet:
+        """The images at ``idx`` (on the tensors' device), same classes; sources are not carried."""
+        return ImageSet(self.images[idx], self.labels[idx], self.classes, [])
+
 
 def split_root(src: Path, split: str) -> Path | None:
     """The folder holding ``split`` of a folder source, or None if it has none."""

@@ -126,7 +126,7 @@ class Suite:
     def end_to_end(self, kind: str, fraction: float, row: str, method: str = "finetune") -> dict[str, Any]:
         cfg = replace(self.cfg, label_fraction=fraction)
         keep = self.labelled(fraction)
-        labelled = ImageSet(self.train.images[keep], self.train.labels[keep], self.classes, [])
+        labelled = self.train.subset(keep)
         print(f"{row}: end to end on {len(labelled)} labelled images ({fraction:.0%}), {kind} init")
         _, m = finetune(self.encoder(kind), feature_dim(self.spec), labelled, self.test, cfg)
         return self.save(row, {"top1": m["finetune_top1"], "top3": m["finetune_top3"]}, encoder=kind, method=method,

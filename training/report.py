@@ -68,10 +68,10 @@ def table(results: dict[str, dict[str, Any]]) -> str:
 
 def finetune_recipe(results: dict[str, dict[str, Any]]) -> str | None:
     """One sentence naming the end-to-end rows' fine-tune recipe (the first such row's), or None."""
-    rows = [results[n] for n in ("simclr_finetune_10", "random_finetune_10", "supervised_100") if "finetune_config" in results.get(n, {})]
-    if not rows:
+    rows = ("simclr_finetune_10", "random_finetune_10", "supervised_100")
+    c = next((results[n]["finetune_config"] for n in rows if "finetune_config" in results.get(n, {})), None)
+    if c is None:
         return None
-    c = rows[0]["finetune_config"]
     extras = [
         f"label smoothing {c['label_smoothing']}" if c.get("label_smoothing") else "",
         f"Cutout {c['cutout']} px" if c.get("cutout") else "",
