@@ -1,12 +1,14 @@
 """Dynamic batching: concurrent model requests share one forward pass.
 
-Each route decodes its upload in the threadpool inside ``with batcher.incoming():``,
+Each route prepares its upload inside ``with batcher.incoming():`` (``uploads.prepare_upload``),
 then ``await batcher.submit(bundle, item)``. A :class:`Batcher` (one per kind of
 work: classify, embed+search) runs one asyncio task that waits for a first item,
 then for more while requests are on their way (still decoding) but at most
 ``max_wait`` seconds, and hands at most ``max_size`` items to ``fn`` in the model
 thread. So a lone request never waits for company that is not coming, and under
-load the requests that arrive during one forward pass form the next batch.
+load the requests that arrive during one forward pass form the next batch. ``fn``
+may answer an item with an exception (an image that does not decode): that item's
+request raises it, the others get their results.
 
 A batch never mixes bundles: it takes only the pending items that hold the same
 bundle reference as the oldest one (a request keeps the bundle it took at its
@@ -35,8 +37,9 @@ log = logging.getLogger("service")
 
 In = TypeVar("In")
 Out = TypeVar("Out")
-# fn(bundle, items) -> one result per item, in order. Blocking: runs in the model thread.
-BatchFn = Callable[[LoadedBundle, Sequence[In]], Sequence[Out]]
+# fn(bundle, items) -> one result per item, in order, or the exception that item's request
+# should raise. Blocking: runs in the model thread.
+BatchFn = Callable[[LoadedBundle, Sequence[In]], Sequence[Out | BaseException]]
 
 
 @dataclass(eq=False)
@@ -66,7 +69,7 @@ class Batcher(Generic[In, Out]):
 
     @contextmanager
     def incoming(self) -> Iterator[None]:
-        """Around a request's work before ``submit`` (decoding): a batch being formed waits for it."""
+        """Around a request's work before ``submit`` (preparing its upload): a batch being formed waits for it."""
         self._coming += 1
         try:
             yield
@@ -132,7 +135,11 @@ class Batcher(Generic[In, Out]):
                         p.future.set_exception(e)
                 continue
             for p, result in zip(batch, results):
-                if not p.future.done():
+                if p.future.done():
+                    continue
+                if isinstance(result, BaseException):
+                    p.future.set_exception(result)
+                else:
                     p.future.set_result(result)
 
 

@@ -1,7 +1,8 @@
 """Uploaded bytes to the uint8 array the models see, with every failure mapped to its status code.
 
 400 broken image or empty upload, 413 too many bytes or pixels, 415 not an image.
-Decoding runs in the threadpool, but for thumbnails (``decode_upload``).
+Nothing is decoded on the event loop: thumbnails are decoded by the model thread
+with the rest of their batch, bigger images in the threadpool (``prepare_upload``).
 Conversion is ``training.images.to_array``, so an upload gets exactly the pixels
 the same image would have had as training data.
 """
@@ -11,6 +12,8 @@ from __future__ import annotations
 import io
 import logging
 import warnings
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 import numpy as np
 from fastapi import HTTPException, Request
@@ -22,8 +25,8 @@ from training.images import to_array
 
 log = logging.getLogger("service")
 
-INLINE_BYTES = 1 << 16  # uploads decoded on the event loop: at most this many bytes ...
-INLINE_PIXELS = 64 * 64  # ... and pixels (see decode_upload)
+INLINE_BYTES = 1 << 16  # uploads decoded by the model thread, in their batch: at most this many bytes ...
+INLINE_PIXELS = 64 * 64  # ... and pixels (see prepare_upload)
 # Formats people upload. Restricting Image.open keeps PIL's long tail of exotic
 # decoders off the request path, and EPS in particular: it shells out to Ghostscript.
 Image.init()
@@ -182,18 +185,49 @@ def decode_image(data: bytes, size: int, max_pixels: int) -> np.ndarray:
     return to_pixels(open_image(data, max_pixels), size)
 
 
-async def decode_upload(data: bytes, size: int, max_pixels: int) -> np.ndarray:
-    """``decode_image`` for a request handler: in the threadpool, except for tiny images.
+# What the batchers take: pixels decoded in the threadpool, or a thumbnail opened (its
+# header checked) for the model thread to decode with the rest of its batch.
+Upload = np.ndarray | Image.Image
+Out = TypeVar("Out")
 
-    A thumbnail-sized upload (at most ``INLINE_BYTES`` and ``INLINE_PIXELS``, e.g. a
-    32x32 CIFAR image) decodes in ~60 us, while the round trip to a worker thread
-    costs ~100-400 us of event-loop time and GIL handoffs (measured, 2-core build
-    machine): those decode on the loop. The size limits keep anything slower off it,
-    the header parse included.
+
+async def prepare_upload(data: bytes, size: int, max_pixels: int) -> Upload:
+    """An upload made ready for a batch: a thumbnail (at most ``INLINE_BYTES`` and
+    ``INLINE_PIXELS``, e.g. a 32x32 CIFAR image) with only its header read, anything
+    bigger decoded to pixels in the threadpool.
+
+    Why thumbnails go to the model thread: a hop to the threadpool and back costs more
+    event-loop time than decoding one (~100-400 us), yet decoding on the event loop
+    stalls every other request (a 32x32 PNG: ~40 us in a tight loop, ~90-120 us of
+    event-loop time between requests; 2-core build machine). The model thread decodes
+    a batch's thumbnails back to back, right before the forward pass that needs them.
+    Size and format are checked here, before any pixel is decoded (413, 415); the
+    header parse is quick for inputs this small.
     """
     if len(data) <= INLINE_BYTES:
         img = open_image(data, max_pixels)
         if img.width * img.height <= INLINE_PIXELS:
-            return to_pixels(img, size)
+            return img
         return await run_in_threadpool(to_pixels, img, size)
     return await run_in_threadpool(decode_image, data, size, max_pixels)
+
+
+def on_decoded(uploads: Sequence[Upload], size: int, fn: Callable[[np.ndarray, list[int]], Sequence[Out]]) -> list[Out | HTTPException]:
+    """``fn(pixels, rows)`` on the uploads that decode, stacked into one ``(B, 3, size, size)``
+    uint8 array (``rows``: their positions in ``uploads``); one result per upload, in order,
+    where an upload that does not decode gets its HTTPException instead (a broken image
+    fails its own request, not its batch). Blocking: the model thread calls it.
+    """
+    decoded: list[np.ndarray | HTTPException] = []
+    for upload in uploads:
+        if isinstance(upload, np.ndarray):
+            decoded.append(upload)
+            continue
+        try:
+            decoded.append(to_pixels(upload, size))
+        except HTTPException as e:
+            decoded.append(e)
+    rows = [i for i, d in enumerate(decoded) if isinstance(d, np.ndarray)]
+    results = fn(np.stack([decoded[i] for i in rows]), rows) if rows else []
+    by_row = dict(zip(rows, results))
+    return [by_row[i] if i in by_row else d for i, d in enumerate(decoded)]  # type: ignore[misc]

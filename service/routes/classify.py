@@ -6,12 +6,12 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, HTTPException, Request, Response
 
 from service.deps import serving
 from service.direct import DirectRoute, int_parameter, int_query, json_response
 from service.schemas import ClassifyResponse, Prediction, errors
-from service.uploads import UPLOAD_BODY, decode_upload, receive_upload
+from service.uploads import UPLOAD_BODY, Upload, on_decoded, prepare_upload, receive_upload
 from training.artifacts import LoadedBundle
 from training.models import normalize
 
@@ -20,16 +20,21 @@ router = APIRouter(tags=["model"], route_class=DirectRoute)
 TOP_K = 3
 
 
-def class_probabilities(bundle: LoadedBundle, images: Sequence[np.ndarray]) -> list[np.ndarray]:
-    """Softmax probabilities over all classes, one ``(C,)`` row per ``(3, H, W)`` uint8 image.
+def class_probabilities(bundle: LoadedBundle, uploads: Sequence[Upload]) -> list[np.ndarray | HTTPException]:
+    """Softmax probabilities over all classes, one ``(C,)`` row per upload (``(3, H, W)``
+    uint8 pixels, or a thumbnail decoded here); an upload that does not decode gets its error.
 
     One forward pass for the whole batch (eval mode: each row is what the image
     alone would give, within float tolerance). Blocking: the batcher runs it in
     the model thread.
     """
-    with torch.inference_mode():
-        logits = bundle.classifier(normalize(torch.from_numpy(np.stack(images))))
-        return list(logits.float().softmax(dim=1).numpy())
+
+    def forward(pixels: np.ndarray, rows: list[int]) -> list[np.ndarray]:
+        with torch.inference_mode():
+            logits = bundle.classifier(normalize(torch.from_numpy(pixels)))
+            return list(logits.float().softmax(dim=1).numpy())
+
+    return on_decoded(uploads, bundle.manifest.image_size, forward)
 
 
 def top_predictions(bundle: LoadedBundle, probs: np.ndarray, top_k: int) -> list[Prediction]:
@@ -57,7 +62,7 @@ async def classify(request: Request) -> Response:
     top_k = int_query(request, "top_k", TOP_K, 1, n_classes, " (the number of classes)")
     data = await receive_upload(request, settings.max_upload_bytes)
     batcher = now.batchers["classify"]
-    with batcher.incoming():  # a batch being formed waits for this request while it decodes
-        pixels = await decode_upload(data, bundle.manifest.image_size, settings.max_image_pixels)
-    probs = await batcher.submit(bundle, pixels)  # one forward pass with concurrent requests
+    with batcher.incoming():  # a batch being formed waits for this request meanwhile
+        upload = await prepare_upload(data, bundle.manifest.image_size, settings.max_image_pixels)
+    probs = await batcher.submit(bundle, upload)  # decoded and classified with concurrent requests
     return json_response(ClassifyResponse(model_version=bundle.version, predictions=top_predictions(bundle, probs, top_k)))

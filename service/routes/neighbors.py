@@ -15,7 +15,7 @@ from service.deps import BundleDep, serving
 from service.direct import DirectRoute, int_parameter, int_query, json_response
 from service.inference import MAX_K
 from service.schemas import Neighbor, NeighborQuery, NeighborsResponse, errors
-from service.uploads import UPLOAD_BODY, decode_upload, receive_upload
+from service.uploads import UPLOAD_BODY, Upload, on_decoded, prepare_upload, receive_upload
 from training.artifacts import LoadedBundle
 
 router = APIRouter(tags=["model"])
@@ -58,12 +58,17 @@ def neighbors(bundle: LoadedBundle, query: np.ndarray, k: int, exclude: int | No
     return hits(bundle, scores[0], ids[0], k, exclude)
 
 
-def embed_and_search(bundle: LoadedBundle, items: Sequence[tuple[np.ndarray, int]]) -> list[tuple[np.ndarray, np.ndarray]]:
-    """``(scores, ids)`` of the best ``k`` hits for each ``(pixels, k)``: one forward pass and one search
-    for the whole batch (the largest k, each query's prefix of it). Blocking: runs in the model thread."""
-    queries = embed(bundle.encoder, torch.from_numpy(np.stack([pixels for pixels, _ in items])))
-    scores, ids = search(bundle.index, queries, max(k for _, k in items))
-    return [(scores[row, :k], ids[row, :k]) for row, (_, k) in enumerate(items)]
+def embed_and_search(bundle: LoadedBundle, items: Sequence[tuple[Upload, int]]) -> list[tuple[np.ndarray, np.ndarray] | HTTPException]:
+    """``(scores, ids)`` of the best ``k`` hits for each ``(upload, k)``, or the upload's error if it
+    does not decode: one forward pass and one search for the whole batch (the largest k, each
+    query's prefix of it). Blocking: runs in the model thread."""
+    ks = [k for _, k in items]
+
+    def forward(pixels: np.ndarray, rows: list[int]) -> list[tuple[np.ndarray, np.ndarray]]:
+        scores, ids = search(bundle.index, embed(bundle.encoder, torch.from_numpy(pixels)), max(ks[i] for i in rows))
+        return [(scores[j, : ks[i]], ids[j, : ks[i]]) for j, i in enumerate(rows)]
+
+    return on_decoded([upload for upload, _ in items], bundle.manifest.image_size, forward)
 
 
 @router.get("/neighbors", response_model=NeighborsResponse, responses=errors(404, 422, 503))
@@ -91,9 +96,9 @@ async def neighbors_of_upload(request: Request) -> Response:
     k = int_query(request, "k", DEFAULT_K, 1, MAX_K)
     data = await receive_upload(request, settings.max_upload_bytes)
     batcher = now.batchers["neighbors"]
-    with batcher.incoming():  # a batch being formed waits for this request while it decodes
-        pixels = await decode_upload(data, bundle.manifest.image_size, settings.max_image_pixels)
-    scores, ids = await batcher.submit(bundle, (pixels, k))  # batched with concurrent requests
+    with batcher.incoming():  # a batch being formed waits for this request meanwhile
+        upload = await prepare_upload(data, bundle.manifest.image_size, settings.max_image_pixels)
+    scores, ids = await batcher.submit(bundle, (upload, k))  # decoded and embedded with concurrent requests
     return json_response(NeighborsResponse(model_version=bundle.version, query=NeighborQuery(), neighbors=hits(bundle, scores, ids, k)))
 
 

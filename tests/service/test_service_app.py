@@ -78,23 +78,40 @@ def test_store_keeps_serving_when_a_new_version_is_broken(bundle, tmp_path: Path
     assert store.bundle.version == bundle.version
 
 
-def test_decode_upload_equals_decode_image_inline_or_in_a_thread() -> None:
-    """Thumbnails decode on the event loop, bigger images in the threadpool: the same pixels either way."""
+def test_prepared_uploads_decode_to_the_same_pixels_and_a_broken_one_fails_alone() -> None:
+    """Thumbnails are left for the model thread to decode (``on_decoded``), bigger images are decoded
+    in the threadpool: the same pixels either way. A thumbnail whose data is broken after a good
+    header gets its own 400; the rest of its batch is computed."""
     import io
 
     import numpy as np
+    from fastapi import HTTPException
     from PIL import Image
 
-    from service.uploads import INLINE_PIXELS, decode_image, decode_upload
+    from service.uploads import INLINE_PIXELS, decode_image, on_decoded, prepare_upload
 
     rng = np.random.default_rng(0)
-    for side in (32, 200):  # 32x32 is inline, 200x200 is not
+    pngs = {}
+    for side in (32, 200):  # 32x32 is a thumbnail, 200x200 is not
         buf = io.BytesIO()
         Image.fromarray(rng.integers(0, 256, (side, side, 3), dtype=np.uint8)).save(buf, "PNG")
-        data = buf.getvalue()
+        pngs[side] = buf.getvalue()
         assert (side * side <= INLINE_PIXELS) == (side == 32)
-        got = anyio.run(decode_upload, data, 32, 10**6)
-        assert got.shape == (3, 32, 32) and np.array_equal(got, decode_image(data, 32, 10**6))
+    thumb, big = (anyio.run(prepare_upload, pngs[s], 32, 10**6) for s in (32, 200))
+    assert isinstance(thumb, Image.Image) and isinstance(big, np.ndarray)
+    broken = anyio.run(prepare_upload, pngs[32][: len(pngs[32]) // 2], 32, 10**6)  # the header survives
+    seen: list[list[int]] = []
+
+    def fn(pixels: np.ndarray, rows: list[int]) -> list[np.ndarray]:
+        seen.append(rows)
+        assert pixels.shape == (len(rows), 3, 32, 32) and pixels.dtype == np.uint8
+        return list(pixels)
+
+    got = on_decoded([thumb, broken, big], 32, fn)
+    assert seen == [[0, 2]]
+    assert np.array_equal(got[0], decode_image(pngs[32], 32, 10**6))
+    assert np.array_equal(got[2], decode_image(pngs[200], 32, 10**6))
+    assert isinstance(got[1], HTTPException) and got[1].status_code == 400
 
 
 def test_direct_routes_keep_the_apps_middleware_and_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -118,3 +118,21 @@ def test_a_batch_never_mixes_bundles() -> None:
 
     asyncio.run(go())
     assert calls[:3] == [(old, [0, 2, 3, 5]), (new, [1, 4, 6, 7]), (old, [8, 9])]
+
+
+def test_an_item_answered_with_an_exception_fails_only_its_own_request() -> None:
+    """``fn`` may answer one item with an exception (an image that does not decode): that request
+    raises it, the others of the batch get their results."""
+
+    def fn(bundle: object, items: list[int]) -> list[int | BaseException]:
+        return [ValueError(f"item {i}") if i < 0 else i * 10 for i in items]
+
+    async def go() -> None:
+        with ThreadPoolExecutor(1) as executor:
+            batcher = Batcher(fn, executor, max_size=4, max_wait=0.05)
+            got = await asyncio.gather(*(batcher.submit(None, i) for i in (1, -2, 3)), return_exceptions=True)
+            assert got[0] == 10 and got[2] == 30
+            assert isinstance(got[1], ValueError) and str(got[1]) == "item -2"
+            await batcher.close()
+
+    asyncio.run(go())
