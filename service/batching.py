@@ -3,7 +3,7 @@
 Each route prepares its upload inside ``with batcher.incoming():`` (``uploads.prepare_upload``),
 then ``await batcher.submit(bundle, item)``. A :class:`Batcher` (one per kind of
 work: classify, embed+search) runs one asyncio task that waits for a first item,
-then for more while requests are on their way (still decoding) but at most
+then for more while requests are on their way (still preparing their upload) but at most
 ``max_wait`` seconds, and hands at most ``max_size`` items to ``fn`` in the model
 thread. So a lone request never waits for company that is not coming, and under
 load the requests that arrive during one forward pass form the next batch. ``fn``
