@@ -39,7 +39,7 @@ import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import httpx
 import numpy as np
@@ -48,6 +48,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import machine  # noqa: E402
+
+if TYPE_CHECKING:
+    from multiprocessing.queues import Queue
+    from multiprocessing.synchronize import Barrier
 
 ROOT = Path(__file__).resolve().parents[1]
 LUA = ROOT / "benchmarks" / "service_load.lua"
@@ -74,7 +78,7 @@ def raw_classifier(bundle, image: np.ndarray, batch: int, threads: int | None, s
             "torch_threads": torch.get_num_threads()}
 
 
-def _raw_worker(bundle_dir: str, batch: int, threads: int, seconds: float, start: Any, results: Any) -> None:
+def _raw_worker(bundle_dir: str, batch: int, threads: int, seconds: float, start: Barrier, results: Queue[float]) -> None:
     """One of ``raw_as_workers``' processes: load and freeze the model, wait for the others, measure."""
     from service.inference import for_serving
     from training.artifacts import load_bundle
@@ -87,9 +91,9 @@ def _raw_worker(bundle_dir: str, batch: int, threads: int, seconds: float, start
 def raw_as_workers(bundle_dir: Path, batch: int, workers: int, threads: int, seconds: float) -> dict[str, object]:
     """Images/s of ``workers`` processes, each running the classify function with ``threads``
     torch threads, side by side and started together: how ``--workers`` runs its models. On the
-    2-core build machine two one-thread processes did ~5% more than one two-thread process
-    (2,781 images/s at batch 32 in a probe; 2,643 in the committed run's single process), so
-    the ratio divides by the highest of both kinds of measurement."""
+    2-core build machine two one-thread processes did ~9% more than one two-thread process
+    (2,733 against at best 2,510 images/s at batch 32, benchmarks/results/service_load_workers2.json),
+    so the ratio divides by the highest of both kinds of measurement."""
     import multiprocessing
 
     ctx = multiprocessing.get_context("spawn")
@@ -281,9 +285,9 @@ def main() -> None:
         server_log_tail = log.read_text(errors="replace")[-2000:]
     raws.append(measure_raw("the server stopped"))
     if a.workers > 1:  # the models as the workers run them: one process each, the cores shared out
-        from training.runtime import available_cores
+        from service.app import threads_per_worker
 
-        threads = a.torch_threads or max(1, available_cores() // a.workers)  # as the server shares them out
+        threads = a.torch_threads or threads_per_worker(a.workers)
         raws.append(raw_as_workers(home.bundle_dir(version), a.max_batch_size, a.workers, threads, a.raw_seconds or a.seconds))
         print(f"  raw classifier, {a.workers} processes x {threads} threads: {raws[-1]['images_per_s']} images/s", flush=True)
     raw = {**max(raws, key=lambda r: r["images_per_s"]), "images_per_s_each": [r["images_per_s"] for r in raws]}

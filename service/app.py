@@ -163,6 +163,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
+def threads_per_worker(workers: int) -> int:
+    """torch threads for each of ``workers`` processes: the cores shared out (oversubscribed OpenMP threads stall each other)."""
+    return max(1, available_cores() // workers)
+
+
 def create_worker_app() -> FastAPI:
     """The app in one of ``run``'s worker processes, which read their settings from the environment it set."""
     sys.setswitchinterval(SWITCH_INTERVAL)  # per process: see run()
@@ -196,8 +201,8 @@ def run(settings: Settings | None = None) -> None:
     if settings.workers == 1:
         uvicorn.run(create_app(settings), **where)
         return
-    if settings.torch_threads is None:  # the cores, shared out: oversubscribed OpenMP threads stall each other
-        settings = settings.model_copy(update={"torch_threads": max(1, available_cores() // settings.workers)})
+    if settings.torch_threads is None:
+        settings = settings.model_copy(update={"torch_threads": threads_per_worker(settings.workers)})
     if settings.reload_interval <= 0:
         log.warning("%d workers with SIMCLR_RELOAD_INTERVAL=0: /admin/reload reaches one process only", settings.workers)
     logging.config.dictConfig(log_config)  # the supervisor's own lines, formatted like the workers'
