@@ -57,6 +57,10 @@ class ImageSet:
         """The images at ``idx`` (on the tensors' device), same classes; sources are not carried."""
         return ImageSet(self.images[idx], self.labels[idx], self.classes, [])
 
+    def to(self, device: torch.device | str) -> ImageSet:
+        """The same images and labels on ``device``, same classes; sources are not carried."""
+        return ImageSet(self.images.to(device), self.labels.to(device), self.classes, [])
+
 
 def split_root(src: Path, split: str) -> Path | None:
     """The folder holding ``split`` of a folder source, or None if it has none."""

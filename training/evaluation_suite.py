@@ -26,7 +26,7 @@ import torch
 from training.artifacts import ArtifactHome, RunPaths
 from training.atomic import atomic_write_json
 from training.config import FinetuneConfig
-from training.data import DataError, ImageSet, has_split, load_split, stratified_indices
+from training.data import DataError, has_split, load_split, stratified_indices
 from training.evaluate import topk_accuracy, weighted_knn_predict
 from training.finetune import finetune, load_encoder, run_config
 from training.linear_eval import encode, linear_probe
@@ -77,8 +77,8 @@ class Suite:
             raise DataError(f"evaluation needs labels: {self.src} must have one subfolder per class")
         self.test_split = "test" if has_split(self.src, "test") else "train"
         test = load_split(self.src, self.test_split, data_dir=home.data, image_size=self.pcfg.image_size, limit=lim, seed=self.pcfg.seed)
-        self.train = ImageSet(train.images.to(self.device), train.labels.to(self.device), train.classes, [])
-        self.test = ImageSet(test.images.to(self.device), test.labels.to(self.device), test.classes, [])
+        self.train = train.to(self.device)
+        self.test = test.to(self.device)
         self.classes = train.classes
         self._features: dict[str, tuple[torch.Tensor, torch.Tensor, float]] = {}
         self.results: dict[str, dict[str, Any]] = {}

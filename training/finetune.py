@@ -162,8 +162,8 @@ def main(cfg: FinetuneConfig, home: ArtifactHome, run: RunPaths, data: str | Non
     test_split = "test" if has_split(src, "test") else "train"
     test = load_split(src, test_split, data_dir=home.data, image_size=pcfg.image_size, limit=lim, seed=pcfg.seed)
     keep = stratified_indices(train.labels, cfg.label_fraction, cfg.seed)
-    labelled = ImageSet(train.images[keep].to(device), train.labels[keep].to(device), train.classes, [])
-    test = ImageSet(test.images.to(device), test.labels.to(device), test.classes, [])
+    labelled = train.subset(keep).to(device)
+    test = test.to(device)
     print(f"fine-tuning on {len(labelled)} labelled images ({cfg.label_fraction:.0%}), testing on {len(test)} ({test_split})")
     model, metrics = finetune(load_encoder(run, pcfg), feature_dim(pcfg.encoder_spec), labelled, test, cfg)
     atomic_torch_save(model.cpu().state_dict(), run.classifier)

@@ -250,12 +250,11 @@ def main(cfg: PretrainConfig, home: ArtifactHome, run: RunPaths | None = None) -
         raise ValueError(f"{len(train)} training images is fewer than one batch ({cfg.batch_size}); lower --batch-size")
     test = bank = None
     if env.is_main and has_split(cfg.data, "test") and train.labelled:
-        test = load_split(cfg.data, "test", data_dir=home.data, image_size=cfg.image_size, limit=cfg.limit, seed=cfg.seed)
-        test = ImageSet(test.images.to(device), test.labels, test.classes, [])
+        test = load_split(cfg.data, "test", data_dir=home.data, image_size=cfg.image_size, limit=cfg.limit, seed=cfg.seed).to(device)
         keep = torch.arange(len(train))
         if cfg.knn_bank is not None and cfg.knn_bank < len(train):
             keep = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.seed))[: cfg.knn_bank]
-        bank = ImageSet(train.images[keep].to(device), train.labels[keep], train.classes, [])
+        bank = train.subset(keep).to(device)
     images = train.images.to(device)
 
     model = SimCLRModel(cfg.encoder_spec, cfg.proj_dim)

@@ -25,6 +25,14 @@ def test_limit_is_a_fixed_subset_and_is_cached(tiny_folder: Path, tmp_path: Path
     assert torch.equal(a.images, b.images) and a.sources == b.sources
 
 
+def test_subset_and_to_keep_images_labels_and_classes(tiny_folder: Path, tmp_path: Path) -> None:
+    ds = load_split(str(tiny_folder), "train", data_dir=tmp_path)
+    keep = torch.tensor([3, 0, 41])
+    part = ds.subset(keep).to("cpu")
+    assert torch.equal(part.images, ds.images[keep]) and part.labels.tolist() == ds.labels[keep].tolist()
+    assert part.classes == ds.classes and part.sources == []
+
+
 def test_folder_without_splits_is_its_own_train_split(tmp_path: Path) -> None:
     for i in range(3):
         Image.new("RGB", (64, 48), (i * 50, 0, 0)).save(tmp_path / f"{i}.png")
