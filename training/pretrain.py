@@ -165,17 +165,19 @@ def train_one_epoch(
 
 
 def knn_monitor(encoder: torch.nn.Module, bank: ImageSet, test: ImageSet, cfg: PretrainConfig) -> float:
-    """Weighted kNN top-1 (k=200, T=0.1 by default) on the test split with train images as the memory bank."""
+    """Weighted kNN top-1 (k=200, T=0.1 by default) on the test split with train images as the memory bank.
+
+    ``bank`` and ``test`` are on the training device (``ImageSet.to``), labels included."""
     device = bank.images.device
     scores = weighted_knn_predict(
         features(encoder, bank.images, device=device),
-        bank.labels.to(device),
+        bank.labels,
         features(encoder, test.images, device=device),
         n_classes=len(bank.classes),
         k=cfg.knn_k,
         temperature=cfg.knn_temperature,
     )
-    return (scores.argmax(1).cpu() == test.labels.cpu()).float().mean().item()
+    return (scores.argmax(1) == test.labels).float().mean().item()
 
 
 def save_checkpoint(run: RunPaths, model: SimCLRModel, optimizer: torch.optim.Optimizer, cfg: PretrainConfig,
