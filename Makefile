@@ -1,6 +1,6 @@
 # Two entry points, both doing all set-up on a fresh machine:
-#   make serve   install, train a quick model if none is published, serve on :8000
-#   make test    install, run the test suite
+#   make serve   install (serving only), train a quick model if none is published, serve on :8000
+#   make test    install (with the test tools), lint, run the test suite
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -9,15 +9,26 @@ export SIMCLR_HOME ?= artifacts
 SIMCLR_DATA ?= $(if $(wildcard ../shared/datasets/cifar10-jpeg/train),../shared/datasets/cifar10-jpeg,cifar10)
 HOST ?= 0.0.0.0
 PORT ?= 8000
+# The versions the build machines carry; the package itself only sets floors.
+TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install browser serve quick-model test clean
+.PHONY: install install-dev browser serve quick-model lint test clean
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
 install: $(VENV)/.installed
+install-dev: $(VENV)/.installed-dev
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet torch==2.14.1 torchvision==0.29.1 -e '.[dev]'
+
+# What serving needs, nothing test-only.
+$(VENV)/.installed: pyproject.toml | $(VENV)/bin/python
+	$(BIN)/pip install --quiet $(TORCH_PINS) -e .
+	touch $@
+
+# The same plus the dev extra (pytest, httpx, selenium, ruff).
+$(VENV)/.installed-dev: pyproject.toml | $(VENV)/bin/python
+	$(BIN)/pip install --quiet $(TORCH_PINS) -e '.[dev]'
 	touch $@
 
 quick-model: install
@@ -36,7 +47,10 @@ browser:
 		echo "installing Debian's chromium and chromium-driver for the web-page test"; \
 		$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium chromium-driver; }
 
-test: install browser
+lint: install-dev
+	$(BIN)/ruff check .
+
+test: lint browser
 	$(BIN)/python -m pytest -q
 
 clean:

@@ -12,15 +12,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from core.bundles import Manifest
+from core.home import MANIFEST_FILE, ArtifactHome
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import machine  # noqa: E402
+from machine import result_header, scrub_paths  # noqa: E402
 
 
 def main() -> None:
@@ -28,23 +30,25 @@ def main() -> None:
     p.add_argument("--data", default="../shared/datasets/cifar10-jpeg", help="image folder (default: %(default)s)")
     p.add_argument("--out", default="benchmarks/results/quick_model.json", help="result file (default: %(default)s)")
     a = p.parse_args()
-    with tempfile.TemporaryDirectory() as home:
-        cmd = ["simclr", "refresh", "--preset", "quick", "--data", a.data, "--home", home]
+    with tempfile.TemporaryDirectory() as tmp:
+        home = ArtifactHome(tmp)
+        cmd = ["simclr", "refresh", "--preset", "quick", "--data", a.data, "--home", tmp]
         t = time.perf_counter()
         subprocess.run([str(Path(sys.executable).parent / "simclr"), *cmd[1:]], check=True)
         wall = time.perf_counter() - t
-        version = (Path(home) / "CURRENT").read_text().strip()
-        manifest = json.loads((Path(home) / "models" / version / "manifest.json").read_text())
+        version = home.current_version()
+        assert version is not None, f"simclr refresh published nothing under {tmp}"
+        manifest = Manifest.model_validate_json((home.bundle_dir(version) / MANIFEST_FILE).read_text()).model_dump(mode="json")
+    paths = {tmp: "<home>", a.data: "<data>"}
     result = {
-        "benchmark": "quick_model",
-        "command": " ".join(shlex.quote(c) for c in [sys.executable, *sys.argv]),
-        "refresh_command": " ".join(cmd[:-2] + ["--home", "<tmp>"]),
-        "machine": machine(),
+        **result_header("quick_model", sys.argv, paths),
+        "refresh_command": " ".join(cmd),
         "refresh_wall_seconds": round(wall, 1),
         "backbone": manifest["backbone"],
         "metrics": manifest["metrics"],
         "index": manifest["index"],
     }
+    result = scrub_paths(result, paths)
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(result, indent=2) + "\n")
     m = manifest["metrics"]

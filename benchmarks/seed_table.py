@@ -1,6 +1,6 @@
 """The seed's table on this machine: the CPU recipe end to end, every row, wall-clock per stage.
 
-usage: python benchmarks/seed_table.py [--data DIR] [--home DIR] [--out benchmarks/results/seed_table_cpu.json]
+usage: python benchmarks/seed_table.py [--data DIR] [--home DIR] [--out benchmarks/results/seed_table.json]
 
 Runs, in a fresh home (a temporary one unless --home is given):
 
@@ -11,7 +11,7 @@ Runs, in a fresh home (a temporary one unless --home is given):
 and writes every evaluation row, the seconds of each stage, the machine and the
 commands to --out. ``--resume --home H --rows supervised`` adds rows to the run that
 --out records (pretraining is not repeated; the new evaluation seconds are added).
-The DESIGN.md bar (pretrain + fine-tune within 120 minutes) is checked on
+The bar (pretrain + fine-tune within 120 minutes) is checked on
 pretraining plus the SimCLR fine-tune row. Takes about three hours
 on two cores; never part of the tests.
 """
@@ -27,8 +27,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from core.home import ArtifactHome
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import machine  # noqa: E402
+from machine import result_header, scrub_paths  # noqa: E402
 
 
 def run_stage(simclr: str, args: list[str]) -> float:
@@ -47,7 +49,7 @@ def main() -> None:
     p.add_argument("--expand", default=None, help="channels of the encoder's 1x1 expansion before pooling, e.g. 512 (default: the preset's)")
     p.add_argument("--eval-budget", default=None, help="override each end-to-end row's time budget, e.g. 25m (default: the preset's)")
     p.add_argument("--rows", default="linear,finetune,random,supervised,knn", help="row groups to evaluate (default: %(default)s)")
-    p.add_argument("--out", default="benchmarks/results/seed_table_cpu.json", help="result file (default: %(default)s)")
+    p.add_argument("--out", default="benchmarks/results/seed_table.json", help="result file (default: %(default)s)")
     p.add_argument("--resume", action="store_true",
                    help="add --rows to the run in --home that --out already records, without pretraining again (default: off)")
     a = p.parse_args()
@@ -76,37 +78,37 @@ def main() -> None:
             seconds = previous["stage_wall_seconds"]
             seconds["evaluate"] = round(seconds["evaluate"] + run_stage(simclr, evaluate), 1)
             seconds["report"] = run_stage(simclr, report)
-        runs = sorted((Path(home) / "runs").iterdir(), key=lambda d: d.stat().st_mtime)
-        run = runs[-1]
-        rows = {f.stem: json.loads(f.read_text()) for f in sorted((run / "eval").glob("*.json"))}
-        history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
-        report_text = (run / "report" / "REPORT.md").read_text()
-        config = json.loads((run / "config.json").read_text())
+        run = ArtifactHome(home).run()  # the newest run: the one pretrained above (or by the run --out records)
+        rows = run.eval_rows()
+        history = run.metrics_history()
+        report_text = run.report.read_text()
+        config = run.pretrain_config()
     for row in rows.values():
         row.pop("classes", None)
         row.pop("data", None)
     finetune_s = rows.get("simclr_finetune_10", {}).get("seconds")
 
+    paths = {home: "<home>", a.data: "<data>"}
+
     def fmt(args: list[str]) -> str:
-        return " ".join(["simclr", *args]).replace(home, "<home>")
+        return " ".join(["simclr", *args])
 
     result = {
-        "benchmark": "seed_table_cpu",
-        "command": " ".join(shlex.quote(c) for c in [sys.executable, *sys.argv]),
+        **result_header("seed_table", sys.argv, paths),
         # Every stage run for this result, in order: a --resume appends its evaluate and report.
         "stage_commands": (previous["stage_commands"] if previous else [fmt(pretrain)]) + [fmt(evaluate), fmt(report)],
         **({"first_command": previous.get("first_command", previous["command"])} if previous else {}),
-        "machine": machine(),
         "stage_wall_seconds": seconds,
         "pretrain_train_seconds": history[-1].get("train_seconds") if history else None,
         "pretrain_epochs": history[-1]["epoch"] if history else 0,
         "pretrain_plus_finetune_minutes": round((seconds["pretrain"] + (finetune_s or 0)) / 60, 1),
-        "pretrain_config": config["pretrain"],
+        "pretrain_config": config,
         "rows": rows,
         "seed": {"simclr_finetune_10": [0.774, 0.948], "simclr_linear_10": [0.713, 0.936],
                  "random_finetune_10": [0.382, 0.601], "random_linear_10": [0.156, 0.344]},
         "report": report_text,
     }
+    result = scrub_paths(result, paths)  # no machine-local path: the home and data as <home>, <data>
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(result, indent=2) + "\n")
     for name, row in rows.items():

@@ -3,7 +3,7 @@
 usage: python benchmarks/service_load.py [--home artifacts] [--seconds 10] [--out benchmarks/results/service_load.json]
 
 1. Raw batched classifier throughput, no HTTP: the function the server's batcher
-   runs (``service.routes.classify.class_probabilities``) on batches of
+   runs (``service.model_thread.classify``) on batches of
    ``--max-batch-size`` images, with the server's thread settings, in this process,
    before the server starts, again between the /classify and /neighbors runs (the
    server idle) and after it stops; with ``--workers N``, also N processes side by
@@ -19,7 +19,7 @@ Recorded per run: requests/s, latency p50/p95/p99, errors (non-2xx answers, from
 the server's /metrics, and wrk's socket errors and timeouts), the mean batch size,
 and the CPU used by wrk and by the server (cores busy, from rusage and
 /proc/<pid>/stat) -- on a small machine the load generator competes with the
-server. DESIGN.md's bars: /classify at 32 connections >= 70% of the raw throughput;
+server. The project's bars: /classify at 32 connections >= 70% of the raw throughput;
 /neighbors by id >= 1500 requests/s.
 """
 
@@ -32,12 +32,10 @@ import os
 import re
 import shlex
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -47,7 +45,9 @@ from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import machine  # noqa: E402
+sys.path.insert(1, str(Path(__file__).resolve().parents[1] / "tests"))
+from machine import result_header, scrub_paths  # noqa: E402
+from tests_support import free_port  # noqa: E402  (the tests' helper: one free_port in the project)
 
 if TYPE_CHECKING:
     from multiprocessing.queues import Queue
@@ -63,16 +63,16 @@ def raw_classifier(bundle, image: np.ndarray, batch: int, threads: int | None, s
     """Images/s of the server's batched classify function on full batches, no HTTP."""
     import torch
 
-    from service.app import set_threads
-    from service.routes.classify import class_probabilities
+    from service.model_thread import classify
+    from service.threads import set_threads
 
     set_threads(threads)
     images = [image] * batch
     for _ in range(3):  # warm-up: allocator, oneDNN kernels
-        class_probabilities(bundle, images)
+        classify(bundle, images)
     n, start = 0, time.perf_counter()
     while (elapsed := time.perf_counter() - start) < seconds:
-        class_probabilities(bundle, images)
+        classify(bundle, images)
         n += 1
     return {"batch_size": batch, "batches": n, "seconds": round(elapsed, 3), "images_per_s": round(n * batch / elapsed, 1),
             "torch_threads": torch.get_num_threads()}
@@ -80,8 +80,8 @@ def raw_classifier(bundle, image: np.ndarray, batch: int, threads: int | None, s
 
 def _raw_worker(bundle_dir: str, batch: int, threads: int, seconds: float, start: Barrier, results: Queue[float]) -> None:
     """One of ``raw_as_workers``' processes: load and freeze the model, wait for the others, measure."""
-    from service.inference import for_serving
-    from training.artifacts import load_bundle
+    from core.bundles import load_bundle
+    from service.frozen import for_serving
 
     bundle = for_serving(load_bundle(Path(bundle_dir)))
     start.wait()
@@ -106,12 +106,6 @@ def raw_as_workers(bundle_dir: Path, batch: int, workers: int, threads: int, sec
         proc.join()
     return {"batch_size": batch, "seconds": seconds, "images_per_s": round(sum(each), 1), "torch_threads": threads,
             "processes": workers, "images_per_s_per_process": each}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def cpu_seconds(pid: int) -> float:
@@ -231,8 +225,9 @@ def main() -> None:
         sys.exit("wrk is not installed: apt-get install -y wrk")
     connections = [int(c) for c in a.connections.split(",")]
 
-    from service.inference import for_serving
-    from training.artifacts import ArtifactHome, load_bundle
+    from core.bundles import load_bundle
+    from core.home import ArtifactHome
+    from service.frozen import for_serving
 
     home = ArtifactHome(a.home)
     version = home.current_version()
@@ -285,7 +280,7 @@ def main() -> None:
         server_log_tail = log.read_text(errors="replace")[-2000:]
     raws.append(measure_raw("the server stopped"))
     if a.workers > 1:  # the models as the workers run them: one process each, the cores shared out
-        from service.app import threads_per_worker
+        from service.threads import threads_per_worker
 
         threads = a.torch_threads or threads_per_worker(a.workers)
         raws.append(raw_as_workers(home.bundle_dir(version), a.max_batch_size, a.workers, threads, a.raw_seconds or a.seconds))
@@ -305,13 +300,11 @@ def main() -> None:
         "neighbors_bar_requests_per_s": NEIGHBORS_BAR,
         "errors": sum(r["errors"]["total"] for r in runs),
     }
+    paths = {a.home: "<home>"}
     result = {
-        "benchmark": "service_load",
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "command": " ".join(shlex.quote(c) for c in [sys.executable, *sys.argv]),
-        "machine": machine(),
+        **result_header("service_load", sys.argv, paths),
         "model": {"version": version, "backbone": manifest.backbone, "image_size": manifest.image_size, "index_size": n_items},
-        "server": {"command": f"{sys.executable} -m service --home {home.root} --port {port}", "env": env},
+        "server": {"command": f"python -m service --home {home.root} --port {port}", "env": env},
         "load_generator": {"tool": subprocess.run(["wrk", "-v"], capture_output=True, text=True).stdout.split("\n")[0].strip(),
                            "threads": a.wrk_threads, "script": str(LUA.relative_to(ROOT))},
         "raw_classifier": raw,
@@ -320,6 +313,7 @@ def main() -> None:
     }
     if "Traceback" in server_log_tail:
         result["server_log_tail"] = server_log_tail
+    result = scrub_paths(result, paths)
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")

@@ -17,14 +17,15 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import shlex
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
+from core.home import ArtifactHome
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import machine  # noqa: E402
+from machine import result_header, scrub_paths  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = ROOT.parent / "shared" / "benchmarks" / "reference_simclr_pipeline.py"
@@ -41,8 +42,7 @@ def ours(data: str, seconds: float, home: str, extra: list[str]) -> tuple[float,
            "--arch", "resnet18", "--width", "64", "--proj-dim", "128", "--batch-size", "256",
            "--optimizer", "adam", "--lr", "1e-3", "--time-budget", f"{seconds}s", "--knn-every", "0", *extra]
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    metrics = sorted(Path(home).glob("runs/*/metrics.jsonl"))[-1]
-    records = [json.loads(line) for line in metrics.read_text().splitlines()]
+    records = ArtifactHome(home).run().metrics_history()  # the run just made: the newest
     # Each epoch's views/s skips its first step, as the reference skips its warm-up step.
     views = sum(max(r["steps"] - 1, 0) for r in records) * 2 * 256
     seconds_used = sum(2 * max(r["steps"] - 1, 0) * 256 / r["views_per_s"] for r in records if r["views_per_s"] > 0)
@@ -64,17 +64,18 @@ def main() -> None:
             mine, cmd = ours(a.data, a.seconds, home, ["--compile"] if a.compile else [])
             rounds.append({"reference_views_per_s": round(ref, 1), "ours_views_per_s": round(mine, 1), "ratio": round(mine / ref, 2)})
             print(f"round {i + 1}: reference {ref:.1f} views/s, ours {mine:.1f} views/s, ratio {mine / ref:.2f}")
+    paths = {home: "<home>", a.data: "<data>"}
     result = {
-        "benchmark": "train_throughput",
-        "command": " ".join(shlex.quote(c) for c in [sys.executable, *sys.argv]),
-        "ours_command": " ".join(cmd).replace(home, "<tmp>"),
-        "reference_command": f"python {REFERENCE.relative_to(ROOT.parent)} {a.data} --seconds {a.seconds}",
-        "machine": machine(),
+        **result_header("train_throughput", sys.argv, paths),
+        "ours_command": " ".join(["simclr", *cmd[1:]]),
+        # The reference script lives outside the project (../shared/benchmarks/ beside the checkout).
+        "reference_command": f"python {REFERENCE.name} {a.data} --seconds {a.seconds}",
         "model": "resnet18 (CIFAR stem), head 512-512-128, Adam 1e-3, batch 256 (512 views/step)",
         "seconds_each": a.seconds,
         "rounds": rounds,
         "ratio": round(sum(r["ratio"] for r in rounds) / len(rounds), 2),
     }
+    result = scrub_paths(result, paths)
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(result, indent=2) + "\n")
     print(f"ratio {result['ratio']} -> {a.out}")

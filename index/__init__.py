@@ -1,1 +1,1 @@
-"""Embedding image sets with a SimCLR encoder and searching them with FAISS."""
+"""FAISS indexes over embeddings, and the `index` stage that builds one for a run (embeddings: `core.models.embed`)."""

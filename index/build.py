@@ -2,31 +2,38 @@
 
 from __future__ import annotations
 
+import functools
 import time
+from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
-from index.embed import embed
+from core.bundles import sha256_file
+from core.datasets import has_split, load_split
+from core.devices import pick_device, set_threads
+from core.index_files import write_index_dir
+from core.models import embed
+from core.runs import RunPaths
 from index.faiss_index import EXACT, build_index
-from training.artifacts import ArtifactHome, RunPaths, sha256_file, write_index_dir
-from training.data import has_split, load_split
-from training.finetune import load_encoder, run_config
-from training.runtime import pick_device, set_threads
 
 
-def main(home: ArtifactHome, run: RunPaths, data: str | None = None, split: str = "test", limit: int | None = None) -> dict[str, float]:
-    """Index ``split`` of ``data`` (default: the run's data; its train split if it has no test split)."""
+def main(run: RunPaths, data_dir: Path, data: str | None = None, split: str = "test", limit: int | None = None,
+         device: str | None = None) -> dict[str, float]:
+    """Index ``split`` of ``data`` (default: the run's data; its train split if it has no test split)
+    into ``run``'s ``index/``; ``data_dir`` holds downloads and the decoded-image cache."""
     set_threads()
-    cfg = run_config(run)
-    src = data or cfg.data
+    cfg = run.pretrain_config()
+    src = data or cfg["data"]
     if not has_split(src, split):
         split = "train"
-    items = load_split(src, split, data_dir=home.data, image_size=cfg.image_size, limit=limit, seed=cfg.seed)
-    device = pick_device(cfg.device)
-    encoder = load_encoder(run, cfg).to(device).to(memory_format=torch.channels_last)
+    items = load_split(src, split, data_dir=data_dir, image_size=cfg["image_size"], limit=limit, seed=cfg["seed"])
+    dev = pick_device(device or cfg.get("device", "auto"))
+    encoder = run.load_encoder().to(dev).to(memory_format=torch.channels_last)
     t = time.perf_counter()
-    vectors = embed(encoder, items.images, device=device)
-    index = build_index(vectors)
+    vectors = embed(encoder, items.images, device=dev, progress=functools.partial(tqdm, desc="embedding", unit="batch", leave=False))
+    index = build_index(vectors.cpu().numpy())
+    labelled = bool(items.classes) and bool((items.labels >= 0).any())
     write_index_dir(
         run.index_dir,
         index,
@@ -34,6 +41,7 @@ def main(home: ArtifactHome, run: RunPaths, data: str | None = None, split: str 
         encoder_fingerprint=sha256_file(run.encoder),
         labels=items.labels.tolist(),
         sources=[f"{split}/{s}" for s in items.sources],
+        classes=items.classes if labelled else [],
         pixels=items.images.numpy(),
     )
     seconds = time.perf_counter() - t

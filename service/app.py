@@ -16,28 +16,27 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import faiss
-import torch
 import uvicorn
-from prometheus_client import multiprocess as prometheus_multiprocess
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
+from prometheus_client import multiprocess as prometheus_multiprocess
 from starlette.concurrency import run_in_threadpool
 
-from service import metrics
+from core.home import ArtifactHome
+from service import metrics, model_thread
 from service.batching import Batcher, Batchers
-from service.direct import DirectRoutes
+from service.fastpath import DirectRoutes
 from service.limits import BodyLimitMiddleware
 from service.metrics import Metrics, MetricsMiddleware
 from service.routes import admin, classify, health, images, neighbors
 from service.settings import Settings
 from service.state import ModelStore
+from service.threads import set_threads, threads_per_worker
 from service.workers import supervise
-from training.artifacts import ArtifactHome
-from training.runtime import available_cores
 
 log = logging.getLogger("service")
 
@@ -80,18 +79,12 @@ async def poll_current(store: ModelStore, interval: float) -> None:
             log.exception("checking for a new model failed")
 
 
-def set_threads(n: int | None) -> None:
-    """torch's and FAISS's thread counts, for the calling thread (OpenMP settings are per thread)."""
-    if n:
-        torch.set_num_threads(n)
-        faiss.omp_set_num_threads(n)
-
-
 def make_batchers(settings: Settings, app_metrics: Metrics | None = None) -> Batchers:
-    """The model's batchers. One thread runs every forward pass, with ``settings.torch_threads``."""
+    """The model's batchers, one per kind of work in ``service.model_thread``. One thread runs every
+    forward pass, with ``settings.torch_threads``."""
     executor = ThreadPoolExecutor(1, thread_name_prefix="model", initializer=set_threads, initargs=(settings.torch_threads,))
     size, wait = settings.max_batch_size, settings.max_batch_wait_ms / 1000
-    fns = {"classify": classify.class_probabilities, "neighbors": neighbors.embed_and_search}
+    fns = {"classify": model_thread.classify, "neighbors": model_thread.embed_and_search}
     return Batchers(
         {
             kind: Batcher(fn, executor, max_size=size, max_wait=wait, on_batch=app_metrics.batch_observer(kind) if app_metrics else None)
@@ -141,7 +134,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.batchers = batchers
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(Exception, unhandled_error)
-    # Added first = innermost: see service.direct. The routes come from our routers themselves:
+    # Added first = innermost: see service.fastpath. The routes come from our routers themselves:
     # FastAPI >= 0.16x keeps an included router as one wrapper entry in app.router.routes.
     app.add_middleware(DirectRoutes, routes=[*classify.router.routes, *neighbors.router.routes])
     app.add_middleware(BodyLimitMiddleware, max_upload_bytes=settings.max_upload_bytes)
@@ -163,11 +156,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
-def threads_per_worker(workers: int) -> int:
-    """torch threads for each of ``workers`` processes: the cores shared out (oversubscribed OpenMP threads stall each other)."""
-    return max(1, available_cores() // workers)
-
-
 def create_worker_app() -> FastAPI:
     """The app in one of ``run``'s worker processes, which read their settings from the environment it set."""
     sys.setswitchinterval(SWITCH_INTERVAL)  # per process: see run()
@@ -175,7 +163,7 @@ def create_worker_app() -> FastAPI:
 
 
 def run(settings: Settings | None = None) -> None:
-    """Serve the app with uvicorn until interrupted (``simclr serve``, ``python -m service``).
+    """Serve the app with uvicorn until interrupted (``service.serve.main``: ``simclr serve``, ``python -m service``).
 
     With ``settings.workers`` > 1, that many processes serve the port
     (``service.workers``), each with its own copy of the model, batcher and reload

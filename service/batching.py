@@ -1,6 +1,6 @@
 """Dynamic batching: concurrent model requests share one forward pass.
 
-Each route prepares its upload inside ``with batcher.incoming():`` (``uploads.prepare_upload``),
+Each route prepares its upload inside ``with batcher.incoming():`` (``decoding.prepare_upload``),
 then ``await batcher.submit(bundle, item)``. A :class:`Batcher` (one per kind of
 work: classify, embed+search) runs one asyncio task that waits for a first item,
 then for more while requests are on their way (still preparing their upload) but at most
@@ -26,12 +26,12 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
 from concurrent.futures import Executor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-from training.artifacts import LoadedBundle
+from core.bundles import LoadedBundle
 
 log = logging.getLogger("service")
 

@@ -3,7 +3,7 @@
 Every POST route is covered, whatever it does with its body: this middleware
 answers 413 from the Content-Length header, or as soon as the bytes received
 pass the limit when the body is chunked. The upload routes then check the file
-part itself exactly as it streams (``uploads.receive_upload``); ``slack`` here
+part itself exactly as it streams (``fastpath.receive_upload``); ``slack`` here
 covers the multipart framing around it.
 """
 

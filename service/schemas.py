@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
-from training.artifacts import Manifest
+from core.bundles import Manifest
 
 
 class ErrorResponse(BaseModel):

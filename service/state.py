@@ -12,8 +12,9 @@ from __future__ import annotations
 import logging
 import threading
 
-from service.inference import for_serving
-from training.artifacts import ArtifactHome, LoadedBundle, load_bundle
+from core.bundles import LoadedBundle, load_bundle
+from core.home import ArtifactHome
+from service.frozen import for_serving
 
 log = logging.getLogger("service")
 
@@ -25,7 +26,7 @@ class ModelStore:
 
     def __init__(self, home: ArtifactHome, neighbor_table_max_items: int = 20_000) -> None:
         self.home = home
-        self.neighbor_table_max_items = neighbor_table_max_items  # see service.inference.for_serving
+        self.neighbor_table_max_items = neighbor_table_max_items  # see service.frozen.for_serving
         self.bundle: LoadedBundle | None = None
         self.error: str | None = None  # why the version CURRENT names is not the one served
         self.refused_version: str | None = None  # the version ``error`` is about

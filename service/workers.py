@@ -13,6 +13,12 @@ The parent only supervises: it starts the workers, restarts one that dies, and
 on SIGTERM/SIGINT stops them all (each finishes its in-flight requests). If the
 parent itself is killed (SIGKILL, OOM killer), the kernel sends each worker
 SIGTERM (``PR_SET_PDEATHSIG``), so no orphan keeps serving an old port.
+
+A worker that dies soon after it starts (an import error, a port it cannot bind,
+a crash while loading) would die again at once: it is restarted after a delay
+that doubles each time, and after a few such failures in a row the supervisor
+stops everything and raises :class:`WorkerStartupError`, which names the exit
+code; the worker's own log lines (on the supervisor's stderr) say why.
 """
 
 from __future__ import annotations
@@ -26,10 +32,33 @@ import signal
 import socket
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from multiprocessing.connection import wait
 from multiprocessing.process import BaseProcess
 from typing import Any
 
 log = logging.getLogger("service")
+
+MIN_UPTIME = 30.0  # seconds: a worker that dies sooner failed while starting, not while serving
+RESTART_DELAY = 0.5  # seconds before restarting a worker that failed while starting; doubles each time
+MAX_QUICK_FAILURES = 5  # failures while starting, in a row, before the supervisor gives up
+POLL = 0.5  # seconds: the longest the supervisor waits before noticing a stop signal
+
+
+class WorkerStartupError(RuntimeError):
+    """A worker process keeps dying while it starts: restarting it again would only loop."""
+
+
+def describe_exit(code: int | None) -> str:
+    """A worker's exit code in words: ``exit code 1``, ``signal SIGKILL (exit code -9)``."""
+    if code is None:
+        return "an unknown exit code"
+    if code < 0:
+        try:
+            return f"signal {signal.Signals(-code).name} (exit code {code})"
+        except ValueError:
+            return f"signal {-code} (exit code {code})"
+    return f"exit code {code}"
 
 
 def reuse_port_socket(host: str, port: int) -> socket.socket:
@@ -89,13 +118,29 @@ def _serve(factory: str, host: str, port: int, uvicorn_options: dict[str, Any], 
     uvicorn.Server(config).run(sockets=[reuse_port_socket(host, port)])
 
 
+@dataclass
+class _Slot:
+    """One of the workers: its process (None while waiting to be restarted) and its recent failures."""
+
+    process: BaseProcess | None
+    started: float
+    quick_failures: int = 0  # in a row, each within MIN_UPTIME of starting
+    restart_at: float = 0.0  # when process is None: when to start the next one
+
+
 def supervise(factory: str, workers: int, host: str, port: int, uvicorn_options: dict[str, Any],
-              on_exit: Callable[[int], None] | None = None) -> None:
+              on_exit: Callable[[int], None] | None = None, *, min_uptime: float = MIN_UPTIME,
+              restart_delay: float = RESTART_DELAY, max_quick_failures: int = MAX_QUICK_FAILURES) -> None:
     """Run ``workers`` processes serving the app ``factory`` makes, until SIGTERM or SIGINT.
 
     ``factory`` is an import string (``module:function``): workers are spawned, not
     forked, so nothing of this process (threads, OpenMP pools) leaks into them.
     ``on_exit(pid)`` is called for every worker that exits.
+
+    A worker that dies after serving for ``min_uptime`` seconds is replaced at once.
+    One that dies sooner is replaced after ``restart_delay`` seconds, doubled for
+    each such failure in a row; the ``max_quick_failures``-th stops every worker and
+    raises :class:`WorkerStartupError`.
     """
     if not hasattr(socket, "SO_REUSEPORT"):
         raise RuntimeError("several workers need SO_REUSEPORT (Linux, BSD, macOS); run one worker here")
@@ -115,19 +160,48 @@ def supervise(factory: str, workers: int, host: str, port: int, uvicorn_options:
         nonlocal stopping
         stopping = True
 
+    def exited(slot: _Slot, process: BaseProcess, now: float) -> None:
+        """Schedule the restart of ``slot``'s worker, which has exited; raise if it keeps failing to start."""
+        uptime, how = now - slot.started, describe_exit(process.exitcode)
+        if uptime >= min_uptime:
+            slot.quick_failures, slot.restart_at = 0, now
+            log.error("worker %d exited with %s; starting another", process.pid, how)
+            return
+        slot.quick_failures += 1
+        if slot.quick_failures >= max_quick_failures:
+            raise WorkerStartupError(
+                f"worker {process.pid} exited with {how} {uptime:.1f} s after it started; {slot.quick_failures} workers "
+                f"in a row died within {min_uptime:g} s of starting: giving up. The worker's own log lines above "
+                "(workers write to this process's stderr) say why it failed."
+            )
+        delay = restart_delay * 2 ** (slot.quick_failures - 1)
+        slot.restart_at = now + delay
+        log.error("worker %d exited with %s %.1f s after it started; starting another in %.1f s",
+                  process.pid, how, uptime, delay)
+
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
-    processes = [start() for _ in range(workers)]
+    slots = [_Slot(start(), time.monotonic()) for _ in range(workers)]
     log.info("%d worker processes on %s:%d (parent %d)", workers, host, port, os.getpid())
     try:
         while not stopping:
-            time.sleep(0.5)
-            for i, process in enumerate(processes):
-                if not process.is_alive() and not stopping:
-                    log.error("worker %d exited with %s; starting another", process.pid, process.exitcode)
+            # Until a worker exits, a restart is due, or POLL passes (a stop signal does not end the wait).
+            now = time.monotonic()
+            due = [slot.restart_at - now for slot in slots if slot.process is None]
+            wait([slot.process.sentinel for slot in slots if slot.process is not None], max(0.0, min([POLL, *due])))
+            now = time.monotonic()
+            for slot in slots:
+                if stopping:
+                    break
+                process = slot.process
+                if process is not None and not process.is_alive():
+                    slot.process = None
                     if on_exit:
                         on_exit(process.pid or 0)
-                    processes[i] = start()
+                    exited(slot, process, now)
+                if slot.process is None and slot.restart_at <= now:
+                    slot.process, slot.started = start(), now
     finally:
+        processes = [slot.process for slot in slots if slot.process is not None]
         for process in processes:
             if process.is_alive():
                 process.terminate()  # SIGTERM: uvicorn finishes in-flight requests, then exits

@@ -1,4 +1,4 @@
-"""Shared fixtures: a small real ImageFolder tree (from the shared CIFAR-10 copy when present)."""
+"""Shared fixtures: a small real ImageFolder tree (from the shared CIFAR-10 copy when present) and one home trained on it."""
 
 from __future__ import annotations
 
@@ -40,3 +40,29 @@ def tiny_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
             for f in sorted((SHARED_CIFAR / split / name).iterdir())[:n]:
                 shutil.copyfile(f, root / split / name / f.name)
     return root
+
+
+# The one trained home of the suite: every test that needs a trained run reads this one
+# (tests that change a home work on ``trained_home_copy``). Tests that by their nature need
+# a run of their own (resume equals a straight run, torchrun, the time budget) train theirs.
+
+
+@pytest.fixture(scope="session")
+def trained_home(tiny_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """pretrain (3 epochs, width 8) -> finetune (2 epochs) -> index (the test split) -> publish, once, through the CLI."""
+    from simclr.cli import main as simclr
+
+    home = tmp_path_factory.mktemp("trained-home")
+    common = ["--home", str(home)]
+    simclr(["pretrain", *common, "--data", str(tiny_folder), "--width", "8", "--batch-size", "100", "--epochs", "3",
+            "--proj-dim", "16", "--temperature", "0.2"])
+    simclr(["finetune", *common, "--epochs", "2"])
+    simclr(["index", *common])
+    simclr(["publish", *common])
+    return home
+
+
+@pytest.fixture
+def trained_home_copy(trained_home: Path, tmp_path: Path) -> Path:
+    """A copy of ``trained_home`` (runs, bundles, CURRENT, the decoded-image cache) for a test that changes it."""
+    return Path(shutil.copytree(trained_home, tmp_path / "home"))

@@ -17,7 +17,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from training.models import normalize
+from core.models import normalize
 
 # ITU-R 601 luma, as torchvision's rgb_to_grayscale.
 _LUMA = (0.299, 0.587, 0.114)

@@ -6,9 +6,13 @@ Presets name tested recipes; command-line flags override single fields.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from training.models import EncoderSpec
+from training.budget import Budget
+
+if TYPE_CHECKING:  # torch is imported only when a config is turned into a model
+    from core.models import EncoderSpec
+    from core.runs import RunPaths
 
 
 @dataclass(frozen=True)
@@ -17,7 +21,7 @@ class PretrainConfig:
     arch: str = "resnet18"
     width: int = 64
     image_size: int = 32
-    expand: int = 0  # channels of a 1x1 expansion before pooling (models.EncoderSpec; 0: none)
+    expand: int = 0  # channels of a 1x1 expansion before pooling (core.models.EncoderSpec; 0: none)
     # Side of the augmented views; None: image_size. The random resized crop zooms in
     # anyway, and a view's cost scales with its pixels (24 px: 0.56x of 32 px).
     crop_size: int | None = None
@@ -47,7 +51,13 @@ class PretrainConfig:
 
     @property
     def encoder_spec(self) -> EncoderSpec:
+        from core.models import EncoderSpec
+
         return EncoderSpec(self.arch, self.width, self.image_size, self.expand)
+
+    @property
+    def budget(self) -> Budget:
+        return Budget(self.epochs, self.time_budget)
 
 
 @dataclass(frozen=True)
@@ -72,6 +82,10 @@ class FinetuneConfig:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @property
+    def budget(self) -> Budget:
+        return Budget(self.epochs, self.time_budget)
 
 
 # The seed's GPU run: ResNet-50, 50 epochs, Adam 1e-3, temperature 0.5, projection 1024.
@@ -131,3 +145,8 @@ def with_overrides(cfg: Any, overrides: dict[str, Any]) -> Any:
     """``cfg`` with the fields named in ``overrides`` replaced (``None`` values are ignored)."""
     names = {f.name for f in fields(cfg)}
     return replace(cfg, **{k: v for k, v in overrides.items() if k in names and v is not None})
+
+
+def run_config(run: RunPaths) -> PretrainConfig:
+    """The pretraining config a run was made with (its ``config.json``)."""
+    return PretrainConfig(**run.pretrain_config())

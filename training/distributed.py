@@ -28,7 +28,7 @@ def init_distributed(device_name: str) -> tuple[DistEnv, torch.device]:
     """Join the process group torchrun describes (WORLD_SIZE, RANK, LOCAL_RANK) and pick this rank's device."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1:
-        from training.runtime import pick_device
+        from core.devices import pick_device
 
         return DistEnv(), pick_device(device_name)
     env = DistEnv(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))

@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import torch
-import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
-from training.models import normalize
+from core.models import model_outputs
 
 
 def weighted_knn_predict(
@@ -46,32 +42,7 @@ def topk_accuracy(scores: torch.Tensor, labels: torch.Tensor, ks: tuple[int, ...
     return {f"top{k}": hits[:, :k].any(dim=1).float().mean().item() for k in ks}
 
 
-def _outputs(
-    model: nn.Module, images: torch.Tensor, batch_size: int, device: torch.device | str, desc: str | None
-) -> Iterator[torch.Tensor]:
-    """``model``'s float outputs, batch by batch, over uint8 ``(N, 3, H, W)`` images, in eval mode."""
-    model.eval()
-    starts = range(0, len(images), batch_size)
-    for start in tqdm(starts, desc=desc, unit="batch", leave=False, disable=desc is None):
-        x = normalize(images[start : start + batch_size].to(device)).contiguous(memory_format=torch.channels_last)
-        yield model(x).float()
-
-
 @torch.inference_mode()
 def predict(model: nn.Module, images: torch.Tensor, *, batch_size: int = 512, device: torch.device | str = "cpu") -> torch.Tensor:
     """Logits ``(N, C)`` of a classifier over uint8 ``(N, 3, H, W)`` images, on the CPU."""
-    return torch.cat([out.cpu() for out in _outputs(model, images, batch_size, device, None)])
-
-
-@torch.inference_mode()
-def features(
-    encoder: nn.Module,
-    images: torch.Tensor,
-    *,
-    batch_size: int = 512,
-    device: torch.device | str = "cpu",
-    desc: str | None = None,
-) -> torch.Tensor:
-    """L2-normalised encoder features ``(N, D)`` (float32, on ``device``); a progress bar when ``desc`` is given."""
-    out = [F.normalize(h, dim=1) for h in _outputs(encoder, images, batch_size, device, desc)]
-    return torch.cat(out) if out else torch.zeros(0, 0, device=device)
+    return torch.cat([out.cpu() for out in model_outputs(model, images, batch_size=batch_size, device=device)])

@@ -16,22 +16,25 @@ Features for the linear and kNN rows are computed once per encoder.
 
 from __future__ import annotations
 
-import json
+import functools
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import replace
 from typing import Any
 
 import torch
+from tqdm import tqdm
 
-from training.artifacts import ArtifactHome, RunPaths
-from training.atomic import atomic_write_json
-from training.config import FinetuneConfig
-from training.data import DataError, has_split, load_split, stratified_indices
+from core.datasets import DataError, has_split, load_split, stratified_indices
+from core.devices import pick_device, set_threads
+from core.home import ArtifactHome
+from core.models import build_encoder, embed, feature_dim
+from core.runs import RunPaths
+from training.config import FinetuneConfig, run_config
 from training.evaluate import topk_accuracy, weighted_knn_predict
-from training.finetune import finetune, load_encoder, run_config
-from training.linear_eval import encode, linear_probe
-from training.models import build_encoder, feature_dim
-from training.runtime import keep_freed_memory, pick_device, set_threads
+from training.finetune import finetune
+from training.linear_eval import linear_probe
+from training.runtime import keep_freed_memory
 
 GROUPS: dict[str, tuple[str, ...]] = {
     "linear": ("simclr_linear_10", "simclr_linear_100"),
@@ -44,22 +47,16 @@ FRACTION = 0.1  # the labelled subset of every "_10" row, as in the seed
 ALL_ROWS = tuple(row for rows in GROUPS.values() for row in rows)
 
 
+def _bar(desc: str) -> Callable[[Iterable[int]], Iterable[int]]:
+    return functools.partial(tqdm, desc=desc, unit="batch", leave=False)
+
+
 def parse_groups(text: str) -> list[str]:
     groups = [g.strip() for g in text.split(",") if g.strip()]
     unknown = [g for g in groups if g not in GROUPS]
     if unknown or not groups:
         raise ValueError(f"unknown evaluation rows {unknown or text!r}; choose from {','.join(GROUPS)}")
     return groups
-
-
-def load_results(run: RunPaths) -> dict[str, dict[str, Any]]:
-    """The rows written so far, by name."""
-    out = {}
-    for row in ALL_ROWS:
-        path = run.eval_result(row)
-        if path.exists():
-            out[row] = json.loads(path.read_text())
-    return out
 
 
 class Suite:
@@ -86,7 +83,7 @@ class Suite:
     def encoder(self, kind: str) -> torch.nn.Module:
         """A fresh copy of the run's SimCLR encoder, or a random one (seeded) of the same architecture."""
         if kind == "simclr":
-            return load_encoder(self.run, self.pcfg)
+            return self.run.load_encoder()
         torch.manual_seed(self.cfg.seed)
         return build_encoder(self.spec)
 
@@ -99,8 +96,8 @@ class Suite:
         if kind not in self._features:
             t = time.perf_counter()
             enc = self.encoder(kind).to(self.device).to(memory_format=torch.channels_last)
-            train_x = encode(enc, self.train.images, device=self.device, desc=f"{kind} features (train)")
-            test_x = encode(enc, self.test.images, device=self.device, desc=f"{kind} features (test)")
+            train_x = embed(enc, self.train.images, device=self.device, progress=_bar(f"{kind} features (train)"))
+            test_x = embed(enc, self.test.images, device=self.device, progress=_bar(f"{kind} features (test)"))
             self._features[kind] = (train_x, test_x, time.perf_counter() - t)
         return self._features[kind]
 
@@ -109,7 +106,7 @@ class Suite:
             "row": row, "top1": acc["top1"], "top3": acc["top3"], "n_test": len(self.test), "test_split": self.test_split,
             "data": self.src, "classes": self.classes, "run_id": self.run.run_id, **info,
         }
-        atomic_write_json(self.run.eval_result(row), record)
+        self.run.write_eval_row(row, record)
         self.results[row] = record
         print(f"{row}: top-1 {acc['top1']:.1%}, top-3 {acc['top3']:.1%}")
         return record
@@ -145,7 +142,7 @@ class Suite:
 
     def supervised_10(self) -> dict[str, Any]:
         """The random-init fine-tune on 10% is this baseline: reuse it when it ran with these settings."""
-        random_row = self.results.get("random_finetune_10") or load_results(self.run).get("random_finetune_10")
+        random_row = self.results.get("random_finetune_10") or self.run.eval_rows().get("random_finetune_10")
         want = replace(self.cfg, label_fraction=FRACTION).as_dict()
         if random_row and random_row.get("finetune_config") == want:
             info = {k: v for k, v in random_row.items() if k not in ("row", "top1", "top3")}

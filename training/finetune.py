@@ -1,12 +1,12 @@
 """End-to-end fine-tuning of a pretrained encoder plus a linear head on a labelled fraction.
 
 As in the seed, the classifier trains on a stratified 10% of the training labels
-(fixed seed) and is scored top-1 / top-3 on the whole test split.
+(fixed seed) and is scored top-1 / top-3 on the whole test split (for data without one,
+on the training images outside the labelled fraction, and recorded as such).
 """
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 
@@ -14,25 +14,17 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from training.artifacts import ArtifactHome, RunPaths
-from training.atomic import atomic_torch_save, atomic_write_json
+from core.atomic import atomic_torch_save
+from core.datasets import DataError, ImageSet, has_split, load_split, stratified_indices
+from core.devices import pick_device, set_threads
+from core.home import ArtifactHome
+from core.models import Classifier, feature_dim
+from core.runs import FinetuneRecord, RunPaths
 from training.augment import crop_flip
-from training.config import FinetuneConfig, PretrainConfig
-from training.data import DataError, ImageSet, has_split, load_split, stratified_indices
+from training.config import FinetuneConfig, PretrainConfig, run_config
 from training.evaluate import predict, topk_accuracy
 from training.linear_eval import fit_linear
-from training.models import Classifier, build_encoder, feature_dim
-from training.runtime import autocast, keep_freed_memory, param_groups, pick_device, set_threads, warmup_cosine
-
-
-def run_config(run: RunPaths) -> PretrainConfig:
-    return PretrainConfig(**json.loads(run.config.read_text())["pretrain"])
-
-
-def load_encoder(run: RunPaths, cfg: PretrainConfig) -> torch.nn.Module:
-    encoder = build_encoder(cfg.encoder_spec)
-    encoder.load_state_dict(torch.load(run.encoder, map_location="cpu", weights_only=True))
-    return encoder
+from training.runtime import autocast, keep_freed_memory, param_groups, warmup_cosine
 
 
 def finetune_groups(model: Classifier, cfg: FinetuneConfig) -> list[dict[str, object]]:
@@ -122,10 +114,8 @@ def finetune(
     steps_per_epoch = max(1, len(train) // cfg.batch_size)
     state = {"epoch": 0}
 
-    def progress_at() -> float:
-        if cfg.time_budget:
-            return (time.perf_counter() - start) / cfg.time_budget
-        return state["epoch"] / cfg.epochs  # cosine steps per epoch; fine for a few dozen epochs
+    def progress_at() -> float:  # by epochs, the cosine steps once per epoch: fine for a few dozen
+        return cfg.budget.progress(state["epoch"], time.perf_counter() - start)
 
     bar = tqdm(desc="fine-tuning", unit="epoch", total=None if cfg.time_budget else cfg.epochs)
     while progress_at() < 1:
@@ -148,6 +138,20 @@ def finetune(
     return model, metrics
 
 
+def evaluation_split(src: str, train: ImageSet, labelled_idx: torch.Tensor, home: ArtifactHome, pcfg: PretrainConfig,
+                     limit: int | None) -> tuple[ImageSet, str]:
+    """The images a classifier is scored on, and what to call them: the test split when the data
+    has one; otherwise the training images outside the labelled fraction ("held-out train"),
+    never images it was trained on unless there are no others ("train (labelled)", said so)."""
+    if has_split(src, "test"):
+        return load_split(src, "test", data_dir=home.data, image_size=pcfg.image_size, limit=limit, seed=pcfg.seed), "test"
+    held_out = torch.ones(len(train), dtype=torch.bool)
+    held_out[labelled_idx] = False
+    if held_out.any():
+        return train.subset(torch.nonzero(held_out).flatten()), "held-out train"
+    return train.subset(labelled_idx), "train (labelled)"
+
+
 def main(cfg: FinetuneConfig, home: ArtifactHome, run: RunPaths, data: str | None = None, limit: int | None = None) -> dict[str, float]:
     """Fine-tune the run's encoder; write ``classifier.pt`` and ``finetune.json`` into the run."""
     set_threads()
@@ -159,14 +163,12 @@ def main(cfg: FinetuneConfig, home: ArtifactHome, run: RunPaths, data: str | Non
     train = load_split(src, "train", data_dir=home.data, image_size=pcfg.image_size, limit=lim, seed=pcfg.seed)
     if not train.labelled:
         raise DataError(f"fine-tuning needs labels: {src} must have one subfolder per class")
-    test_split = "test" if has_split(src, "test") else "train"
-    test = load_split(src, test_split, data_dir=home.data, image_size=pcfg.image_size, limit=lim, seed=pcfg.seed)
     keep = stratified_indices(train.labels, cfg.label_fraction, cfg.seed)
+    scored, split = evaluation_split(src, train, keep, home, pcfg, lim)
     labelled = train.subset(keep).to(device)
-    test = test.to(device)
-    print(f"fine-tuning on {len(labelled)} labelled images ({cfg.label_fraction:.0%}), testing on {len(test)} ({test_split})")
-    model, metrics = finetune(load_encoder(run, pcfg), feature_dim(pcfg.encoder_spec), labelled, test, cfg)
+    print(f"fine-tuning on {len(labelled)} labelled images ({cfg.label_fraction:.0%}), scoring on {len(scored)} ({split})")
+    model, metrics = finetune(run.load_encoder(), feature_dim(pcfg.encoder_spec), labelled, scored.to(device), cfg)
     atomic_torch_save(model.cpu().state_dict(), run.classifier)
-    atomic_write_json(run.finetune, {"config": cfg.as_dict(), "data": src, "test_split": test_split, "classes": train.classes, "metrics": metrics})
-    print(f"fine-tuned: test top-1 {metrics['finetune_top1']:.1%}, top-3 {metrics['finetune_top3']:.1%}")
+    run.write_finetune(FinetuneRecord(config=cfg.as_dict(), data=src, eval_split=split, classes=train.classes, metrics=metrics))
+    print(f"fine-tuned: {split} top-1 {metrics['finetune_top1']:.1%}, top-3 {metrics['finetune_top3']:.1%}")
     return metrics

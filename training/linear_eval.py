@@ -10,14 +10,13 @@ part of the *training* features (a fifth); the test split is never looked at.
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from training.evaluate import features, topk_accuracy
+from training.evaluate import topk_accuracy
+from training.runtime import warmup_cosine
 
 LINEAR_STEPS = 500
 LINEAR_LR = 0.01
@@ -25,11 +24,6 @@ LINEAR_WEIGHT_DECAY = 1e-4
 WEIGHT_DECAYS = (0.0, 1e-5, 1e-4, 1e-3, 1e-2)  # candidates of the held-out choice
 HELD_OUT = 0.2
 SMALL = 1 << 20  # feature elements below which the probe runs on one CPU thread
-
-
-def encode(encoder: nn.Module, images: torch.Tensor, *, device: torch.device | str = "cpu", desc: str = "features") -> torch.Tensor:
-    """L2-normalised features ``(N, D)`` of uint8 images, in eval mode, with a progress bar."""
-    return features(encoder, images, device=device, desc=desc)
 
 
 def fit_linear(
@@ -50,7 +44,7 @@ def fit_linear(
     opt = torch.optim.Adam(head.parameters(), lr=lr)
     for step in tqdm(range(steps), desc="linear probe", unit="step", leave=False):
         for group in opt.param_groups:
-            group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / steps))
+            group["lr"] = lr * warmup_cosine(step / steps, 0.0)
         loss = F.cross_entropy(head(x), train_y) + weight_decay * head.weight.pow(2).sum()
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -11,8 +11,6 @@ so the negatives and the effective batch are global.
 
 from __future__ import annotations
 
-import json
-import math
 import signal
 import time
 from dataclasses import asdict, dataclass, field
@@ -22,17 +20,20 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from training.artifacts import ArtifactHome, RunPaths
-from training.atomic import atomic_torch_save, atomic_write_json
+from core.atomic import atomic_torch_save
+from core.datasets import ImageSet, has_split, load_split
+from core.devices import set_threads
+from core.home import ArtifactHome
+from core.models import embed
+from core.runs import RunPaths
 from training.augment import simclr_views
 from training.config import PretrainConfig
-from training.data import ImageSet, has_split, load_split
 from training.distributed import DistEnv, any_rank, barrier, init_distributed, shutdown
-from training.evaluate import features, weighted_knn_predict
+from training.evaluate import weighted_knn_predict
 from training.lars import LARS
 from training.loss import nt_xent_loss
-from training.models import SimCLRModel
-from training.runtime import autocast, keep_freed_memory, param_groups, set_threads, warmup_cosine
+from training.runtime import autocast, keep_freed_memory, param_groups, warmup_cosine
+from training.simclr_model import SimCLRModel
 
 
 class Interrupted(RuntimeError):
@@ -94,10 +95,9 @@ def build_optimizer(model: torch.nn.Module, cfg: PretrainConfig) -> torch.optim.
 
 
 def schedule_progress(cfg: PretrainConfig, p: Progress, steps_per_epoch: int) -> float:
-    """Fraction of the schedule done: by steps for an epoch count, by seconds for a time budget."""
-    if cfg.time_budget:
-        return p.train_seconds / cfg.time_budget
-    return p.step / max(1, cfg.epochs * steps_per_epoch)
+    """Fraction of the schedule done (``Budget.progress``), counting epochs by steps so that the
+    learning rate moves every step."""
+    return cfg.budget.progress(p.step / max(1, steps_per_epoch), p.train_seconds)
 
 
 def train_one_epoch(
@@ -149,7 +149,7 @@ def train_one_epoch(
             t0 = now  # views/s skips each epoch's first step (warm-up, compilation), as the reference does
         if env.is_main and i % 10 == 0 and device.type == "cpu":  # .item() would sync a GPU every step
             bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.3g}")
-        out_of_time = bool(cfg.time_budget) and p.train_seconds >= cfg.time_budget
+        out_of_time = cfg.budget.done(p.step / n_batches, p.train_seconds)
         # Ranks must agree on the step they stop at; asking costs an all-reduce, so not every step.
         if (not env.enabled or i % 10 == 0) and any_rank(stop.requested or out_of_time, env, device):
             break
@@ -170,9 +170,9 @@ def knn_monitor(encoder: torch.nn.Module, bank: ImageSet, test: ImageSet, cfg: P
     ``bank`` and ``test`` are on the training device (``ImageSet.to``), labels included."""
     device = bank.images.device
     scores = weighted_knn_predict(
-        features(encoder, bank.images, device=device),
+        embed(encoder, bank.images, device=device),
         bank.labels,
-        features(encoder, test.images, device=device),
+        embed(encoder, test.images, device=device),
         n_classes=len(bank.classes),
         k=cfg.knn_k,
         temperature=cfg.knn_temperature,
@@ -214,27 +214,6 @@ def load_checkpoint(run: RunPaths, cfg: PretrainConfig, device: torch.device) ->
     return ckpt
 
 
-def plot_loss(run: RunPaths, history: list[dict[str, float]]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot([h["epoch"] for h in history], [h["loss"] for h in history], marker="o")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("NT-Xent loss")
-    ax.set_title("SimCLR contrastive loss")
-    knn = [(h["epoch"], h["knn_top1"]) for h in history if "knn_top1" in h]
-    if knn:
-        ax2 = ax.twinx()
-        ax2.plot(*zip(*knn), color="tab:orange", marker="s")
-        ax2.set_ylabel("kNN top-1 (test)", color="tab:orange")
-    fig.tight_layout()
-    fig.savefig(run.loss_plot, dpi=100)
-    plt.close(fig)
-
-
 def main(cfg: PretrainConfig, home: ArtifactHome, run: RunPaths | None = None) -> RunPaths | None:
     """Pretrain, or resume ``run`` from its checkpoint; returns the run (None on ranks other than 0, which write nothing)."""
     set_threads()
@@ -270,7 +249,7 @@ def main(cfg: PretrainConfig, home: ArtifactHome, run: RunPaths | None = None) -
     if run is None:
         run = home.new_run() if env.is_main else None
         if env.is_main:
-            atomic_write_json(run.config, {"pretrain": cfg.as_dict()})
+            run.write_config(cfg.as_dict())
     elif run.checkpoint.exists():
         ckpt = load_checkpoint(run, cfg, device)
         model.load_state_dict(ckpt["model"])
@@ -284,16 +263,15 @@ def main(cfg: PretrainConfig, home: ArtifactHome, run: RunPaths | None = None) -
         trained = torch.compile(trained)
 
     steps_per_epoch = len(images) // cfg.batch_size
-    max_epochs = math.inf if cfg.time_budget else cfg.epochs
     if env.is_main:
         print(f"pretraining {cfg.arch} (width {cfg.width}) on {len(train)} images, {env.world_size} x {device}, run {run.run_id}")
     try:
         with StopRequest() as stop:
-            while p.epoch < max_epochs and schedule_progress(cfg, p, steps_per_epoch) < 1 and not stop.requested:
+            while schedule_progress(cfg, p, steps_per_epoch) < 1 and not stop.requested:
                 if order is None:
                     order = torch.randperm(len(images), device=device, generator=order_rng)
                 stats = train_one_epoch(trained, optimizer, images, order, cfg, p, augment_rng, env, stop)
-                if p.batch < steps_per_epoch and not (cfg.time_budget and p.train_seconds >= cfg.time_budget):
+                if p.batch < steps_per_epoch and not cfg.budget.done(p.step / steps_per_epoch, p.train_seconds):
                     break  # interrupted mid-epoch: checkpoint below, with the position in this epoch
                 p.epoch, p.batch, order = p.epoch + 1, 0, None
                 if env.is_main:
@@ -310,7 +288,9 @@ def main(cfg: PretrainConfig, home: ArtifactHome, run: RunPaths | None = None) -
     finally:
         shutdown(env)
     if env.is_main:
-        plot_loss(run, p.history)
+        from training.report_figures import loss_curve  # matplotlib: only when there is a curve to draw
+
+        loss_curve(p.history, run.loss_plot)
     return run
 
 
@@ -326,6 +306,5 @@ def end_of_epoch(run: RunPaths, model: SimCLRModel, cfg: PretrainConfig, p: Prog
             p.train_seconds += time.perf_counter() - t
     record["train_seconds"] = p.train_seconds
     p.history.append(record)
-    with open(run.metrics, "a") as f:
-        f.write(json.dumps(record) + "\n")
+    run.append_metrics(record)
     return record

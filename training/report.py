@@ -6,22 +6,26 @@ Reads what the other stages wrote into the run (``metrics.jsonl``, ``eval/*.json
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
+from core.atomic import atomic_write_bytes
+from core.datasets import has_split, load_split
+from core.home import ArtifactHome
+from core.index_files import FILES as INDEX_FILES
+from core.index_files import read_index_dir
+from core.models import embed
+from core.runs import RunPaths
 from training import report_figures
-from training.artifacts import INDEX_FILE, ITEMS_FILE, PIXELS_FILE, ArtifactHome, RunPaths
-from training.atomic import atomic_write_bytes
-from training.data import has_split, load_split
-from training.evaluation_suite import load_results
-from training.finetune import load_encoder, run_config
-from training.linear_eval import encode
+from training.config import run_config
 
-# The seed's GPU numbers (DESIGN.md): ResNet-50, 50 epochs, heads on 10% of the labels.
+# The seed's GPU numbers (its Table 1): ResNet-50, 50 epochs, heads on 10% of the labels.
 SEED_TABLE = {
     ("simclr", "finetune"): (0.774, 0.948),
     ("simclr", "linear"): (0.713, 0.936),
@@ -85,36 +89,26 @@ def finetune_recipe(results: dict[str, dict[str, Any]]) -> str | None:
             f"{augment}; {length} (epochs: {epochs}).")
 
 
-def read_history(run: RunPaths) -> list[dict[str, float]]:
-    if not run.metrics.exists():
-        return []
-    return [json.loads(line) for line in run.metrics.read_text().splitlines() if line.strip()]
-
-
 def class_names(run: RunPaths, results: dict[str, dict[str, Any]]) -> list[str] | None:
     for row in results.values():
         if row.get("classes"):
             return list(row["classes"])
-    if run.finetune.exists():
-        return list(json.loads(run.finetune.read_text()).get("classes", [])) or None
-    return None
+    record = run.read_finetune()
+    return record.classes if record and record.classes else None
 
 
 def embedded_items(home: ArtifactHome, run: RunPaths, names: list[str] | None) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
     """(vectors, pixels, labels, class names): from the run's index if it has one, else by embedding the test split."""
-    idx = run.index_dir
-    if all((idx / f).exists() for f in (INDEX_FILE, ITEMS_FILE, PIXELS_FILE)):
-        import faiss
-
-        index = faiss.deserialize_index(np.fromfile(idx / INDEX_FILE, dtype=np.uint8))
-        vectors = index.reconstruct_n(0, index.ntotal)
-        labels = np.asarray(json.loads((idx / ITEMS_FILE).read_text())["labels"])
-        return vectors, np.load(idx / PIXELS_FILE), labels, names or []
+    if all((run.index_dir / f).exists() for f in INDEX_FILES):
+        items = read_index_dir(run.index_dir)
+        vectors = items.index.reconstruct_n(0, items.index.ntotal)
+        return vectors, np.asarray(items.pixels), items.labels, names or items.classes
     cfg = run_config(run)
     split = "test" if has_split(cfg.data, "test") else "train"
-    items = load_split(cfg.data, split, data_dir=home.data, image_size=cfg.image_size, limit=cfg.limit, seed=cfg.seed)
-    vectors = encode(load_encoder(run, cfg), items.images, desc=f"embedding {split}").numpy()
-    return vectors, items.images.numpy(), items.labels.numpy(), names or items.classes
+    data = load_split(cfg.data, split, data_dir=home.data, image_size=cfg.image_size, limit=cfg.limit, seed=cfg.seed)
+    progress = functools.partial(tqdm, desc=f"embedding {split}", unit="batch", leave=False)
+    vectors = embed(run.load_encoder(), data.images, progress=progress).numpy()
+    return vectors, data.images.numpy(), data.labels.numpy(), names or data.classes
 
 
 def nearest(vectors: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
@@ -125,8 +119,8 @@ def nearest(vectors: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
 
 def main(home: ArtifactHome, run: RunPaths, seed: int = 0) -> Path:
     """Write ``report/REPORT.md`` and its PNGs into ``run``; returns the report's path."""
-    results = load_results(run)
-    history = read_history(run)
+    results = run.eval_rows()
+    history = run.metrics_history()
     cfg = run_config(run)
     figures = {}
     if history:
@@ -146,7 +140,8 @@ def main(home: ArtifactHome, run: RunPaths, seed: int = 0) -> Path:
     text = "\n".join([
         f"# SimCLR evaluation: run {run.run_id}",
         "",
-        f"Encoder {cfg.arch} (width {cfg.width}{f', {cfg.expand} features' if cfg.expand else ''}), pretrained {epochs} epochs ({minutes:.0f} min) on `{cfg.data}`: "
+        f"Encoder {cfg.arch} (width {cfg.width}{f', {cfg.expand} features' if cfg.expand else ''}), "
+        f"pretrained {epochs} epochs ({minutes:.0f} min) on `{cfg.data}`: "
         f"batch {cfg.batch_size}, {cfg.optimizer} lr {cfg.lr}, temperature {cfg.temperature}, projection {cfg.proj_dim}, "
         f"views {cfg.crop_size or cfg.image_size} px.",
         "Top-1 / top-3 on the whole test split. \"seed\": the seed's GPU run (ResNet-50, 50 epochs). "

@@ -12,13 +12,19 @@ import numpy as np  # noqa: E402
 
 
 def loss_curve(history: list[dict[str, float]], out: Path) -> None:
-    """NT-Xent loss against pretraining epoch (from ``metrics.jsonl``)."""
+    """NT-Xent loss against pretraining epoch (from ``metrics.jsonl``), with the kNN monitor's
+    top-1 on a second axis when it was measured."""
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot([h["epoch"] for h in history], [h["loss"] for h in history], marker="o", markersize=3)
     ax.set_xlabel("pretraining epoch")
     ax.set_ylabel("NT-Xent loss")
     ax.set_title("SimCLR contrastive loss")
     ax.grid(alpha=0.3)
+    knn = [(h["epoch"], h["knn_top1"]) for h in history if "knn_top1" in h]
+    if knn:
+        ax2 = ax.twinx()
+        ax2.plot(*zip(*knn), color="tab:orange", marker="s", markersize=3)
+        ax2.set_ylabel("kNN top-1", color="tab:orange")
     _save(fig, out)
 
 

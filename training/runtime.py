@@ -1,4 +1,4 @@
-"""Where and how training runs: device, mixed precision, learning-rate schedule, threads."""
+"""How training runs: mixed precision, memory, the learning-rate schedule and parameter groups."""
 
 from __future__ import annotations
 
@@ -6,16 +6,9 @@ import contextlib
 import ctypes
 import logging
 import math
-import os
 import platform
 
 import torch
-
-
-def pick_device(name: str = "auto") -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def bf16_supported(device: torch.device) -> bool:
@@ -35,19 +28,6 @@ def autocast(device: torch.device) -> contextlib.AbstractContextManager[None]:
     if bf16_supported(device):
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
-
-
-def available_cores() -> int:
-    """The cores this process may run on (affinity aware), not the machine's count."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
-def set_threads() -> None:
-    """Use every core the process may run on (cgroup/affinity aware), not torch's guess."""
-    torch.set_num_threads(available_cores())
 
 
 # glibc mallopt parameters (malloc.h).

@@ -2,39 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import numpy as np
-import torch
-from fastapi import APIRouter, HTTPException, Request, Response
+from fastapi import APIRouter, Request, Response
 
-from service.deps import serving
-from service.direct import DirectRoute, int_parameter, int_query, json_response
+from core.bundles import LoadedBundle
+from service.decoding import prepare_upload
+from service.fastpath import UPLOAD_BODY, DirectRoute, int_parameter, int_query, json_response, receive_upload, serving
 from service.schemas import ClassifyResponse, Prediction, errors
-from service.uploads import UPLOAD_BODY, Upload, on_decoded, prepare_upload, receive_upload
-from training.artifacts import LoadedBundle
-from training.models import normalize
 
-# The throughput route: see service.direct for what DirectRoute saves per request.
+# The throughput route: see service.fastpath for what DirectRoute saves per request.
 router = APIRouter(tags=["model"], route_class=DirectRoute)
 TOP_K = 3
-
-
-def class_probabilities(bundle: LoadedBundle, uploads: Sequence[Upload]) -> list[np.ndarray | HTTPException]:
-    """Softmax probabilities over all classes, one ``(C,)`` row per upload (``(3, H, W)``
-    uint8 pixels, or a thumbnail decoded here); an upload that does not decode gets its error.
-
-    One forward pass for the whole batch (eval mode: each row is what the image
-    alone would give, within float tolerance). Blocking: the batcher runs it in
-    the model thread.
-    """
-
-    def forward(pixels: np.ndarray, rows: list[int]) -> list[np.ndarray]:
-        with torch.inference_mode():
-            logits = bundle.classifier(normalize(torch.from_numpy(pixels)))
-            return list(logits.float().softmax(dim=1).numpy())
-
-    return on_decoded(uploads, bundle.manifest.image_size, forward)
 
 
 def top_predictions(bundle: LoadedBundle, probs: np.ndarray, top_k: int) -> list[Prediction]:
@@ -64,5 +42,5 @@ async def classify(request: Request) -> Response:
     batcher = now.batchers["classify"]
     with batcher.incoming():  # a batch being formed waits for this request meanwhile
         upload = await prepare_upload(data, bundle.manifest.image_size, settings.max_image_pixels)
-    probs = await batcher.submit(bundle, upload)  # decoded and classified with concurrent requests
+    probs = await batcher.submit(bundle, upload)  # decoded and classified with concurrent requests (model_thread.classify)
     return json_response(ClassifyResponse(model_version=bundle.version, predictions=top_predictions(bundle, probs, top_k)))

@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Annotated
 
 import numpy as np
-import torch
 from fastapi import APIRouter, HTTPException, Query, Request, Response
 
-from index.embed import embed
+from core.bundles import LoadedBundle
 from index.faiss_index import reconstruct, search
-from service.deps import BundleDep, serving
-from service.direct import DirectRoute, int_parameter, int_query, json_response
-from service.inference import MAX_K
+from service.decoding import prepare_upload
+from service.deps import BundleDep
+from service.fastpath import UPLOAD_BODY, DirectRoute, int_parameter, int_query, json_response, receive_upload, serving
+from service.frozen import MAX_K
 from service.schemas import Neighbor, NeighborQuery, NeighborsResponse, errors
-from service.uploads import UPLOAD_BODY, Upload, on_decoded, prepare_upload, receive_upload
-from training.artifacts import LoadedBundle
 
 router = APIRouter(tags=["model"])
 
@@ -58,19 +55,6 @@ def neighbors(bundle: LoadedBundle, query: np.ndarray, k: int, exclude: int | No
     return hits(bundle, scores[0], ids[0], k, exclude)
 
 
-def embed_and_search(bundle: LoadedBundle, items: Sequence[tuple[Upload, int]]) -> list[tuple[np.ndarray, np.ndarray] | HTTPException]:
-    """``(scores, ids)`` of the best ``k`` hits for each ``(upload, k)``, or the upload's error if it
-    does not decode: one forward pass and one search for the whole batch (the largest k, each
-    query's prefix of it). Blocking: runs in the model thread."""
-    ks = [k for _, k in items]
-
-    def forward(pixels: np.ndarray, rows: list[int]) -> list[tuple[np.ndarray, np.ndarray]]:
-        scores, ids = search(bundle.index, embed(bundle.encoder, torch.from_numpy(pixels)), max(ks[i] for i in rows))
-        return [(scores[j, : ks[i]], ids[j, : ks[i]]) for j, i in enumerate(rows)]
-
-    return on_decoded([upload for upload, _ in items], bundle.manifest.image_size, forward)
-
-
 @router.get("/neighbors", response_model=NeighborsResponse, responses=errors(404, 422, 503))
 async def neighbors_of_id(
     bundle: BundleDep,
@@ -79,7 +63,7 @@ async def neighbors_of_id(
 ) -> NeighborsResponse:
     """The k indexed images most similar to indexed image ``id``, not counting itself."""
     check_id(bundle, item_id)
-    if bundle.id_neighbors is not None:  # precomputed at load for small indexes (service.inference)
+    if bundle.id_neighbors is not None:  # precomputed at load for small indexes (service.frozen)
         scores, ids = bundle.id_neighbors
         found = hits(bundle, scores[item_id], ids[item_id], k, exclude=item_id)
     else:
@@ -98,11 +82,12 @@ async def neighbors_of_upload(request: Request) -> Response:
     batcher = now.batchers["neighbors"]
     with batcher.incoming():  # a batch being formed waits for this request meanwhile
         upload = await prepare_upload(data, bundle.manifest.image_size, settings.max_image_pixels)
-    scores, ids = await batcher.submit(bundle, (upload, k))  # decoded and embedded with concurrent requests
+    # decoded, embedded and searched with concurrent requests (model_thread.embed_and_search)
+    scores, ids = await batcher.submit(bundle, (upload, k))
     return json_response(NeighborsResponse(model_version=bundle.version, query=NeighborQuery(), neighbors=hits(bundle, scores, ids, k)))
 
 
-# An upload route, like /classify: a DirectRoute (service.direct), so FastAPI documents it but
+# An upload route, like /classify: a DirectRoute (service.fastpath), so FastAPI documents it but
 # DirectRoutes answers it. GET /neighbors keeps FastAPI's declared parameters.
 router.add_api_route(
     "/neighbors",

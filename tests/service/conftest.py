@@ -2,11 +2,13 @@
 
 The server is the actual entry point, ``python -m service``, run as a subprocess
 and spoken to over TCP, so these tests see what a client sees: uvicorn, the
-lifespan, the middleware and the error handlers included.
+lifespan, the middleware and the error handlers included. ``server`` runs with the
+default settings; ``ops_server`` with admin enabled, CORS open to one origin, no polling.
 """
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,11 +19,11 @@ import numpy as np
 import pytest
 import torch
 
-from index.embed import embed
+from core.bundles import publish_bundle, sha256_file
+from core.home import ArtifactHome
+from core.index_files import write_index_dir
+from core.models import Classifier, EncoderSpec, build_encoder, embed, feature_dim
 from index.faiss_index import build_index
-from training.artifacts import ArtifactHome, publish_bundle, sha256_file, write_index_dir
-from training.models import Classifier, EncoderSpec, build_encoder, feature_dim
-
 from service_testkit import CLASS_NAMES, MAX_IMAGE_PIXELS, MAX_UPLOAD_BYTES, Server, start_server, stop_server
 
 N_IMAGES = 200
@@ -79,7 +81,7 @@ def random_run(work: Path, images: np.ndarray, labels: np.ndarray, seed: int = 0
     encoder_file, classifier_file = work / "encoder.pt", work / "classifier.pt"
     torch.save(encoder.state_dict(), encoder_file)
     torch.save(classifier.state_dict(), classifier_file)
-    index = build_index(embed(encoder, torch.from_numpy(images)))
+    index = build_index(embed(encoder, torch.from_numpy(images)).numpy())
     write_index_dir(
         work / "index",
         index,
@@ -87,6 +89,7 @@ def random_run(work: Path, images: np.ndarray, labels: np.ndarray, seed: int = 0
         encoder_fingerprint=sha256_file(encoder_file),
         labels=labels.tolist(),
         sources=[f"generated/{i:04d}.png" for i in range(len(images))],
+        classes=CLASS_NAMES,
         pixels=images,
     )
     return RandomRun(encoder, classifier, index, encoder_file, classifier_file, work / "index")
@@ -118,3 +121,18 @@ def server(bundle: Bundle, tmp_path_factory: pytest.TempPathFactory) -> Iterator
 def client(server: Server) -> Iterator[httpx.Client]:
     with server.client() as c:
         yield c
+
+
+TOKEN = "s3cret-admin-token"  # ops_server's SIMCLR_ADMIN_TOKEN
+UI = "http://ui.example"  # the one origin ops_server's CORS is open to
+
+
+@pytest.fixture(scope="session")
+def ops_server(bundle: Bundle, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """Admin enabled, CORS open to one origin, no polling: only /admin/reload notices a new version.
+    Its own copy of the home: test_admin publishes into it."""
+    tmp = tmp_path_factory.mktemp("ops")
+    shutil.copytree(bundle.home, tmp / "home")
+    s = start_server(tmp / "home", tmp / "server.log", SIMCLR_ADMIN_TOKEN=TOKEN, SIMCLR_CORS_ORIGINS=UI, SIMCLR_RELOAD_INTERVAL="0")
+    yield s
+    stop_server(s)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import os
-import socket
 import struct
 import subprocess
 import sys
@@ -18,6 +17,8 @@ import httpx
 import numpy as np
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
+
+from tests_support import free_port
 
 CLASS_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 # Small limits for the test server, so limit tests need no big payloads; valid test images are far below them.
@@ -52,7 +53,7 @@ def uploads() -> dict[str, tuple[bytes, str]]:
     img = photo()
     rgba = img.convert("RGBA")
     rgba.putalpha(Image.linear_gradient("L").resize(img.size))
-    grey16 = Image.fromarray((np.asarray(img.convert("L"), dtype=np.uint16) * 257))
+    grey16 = Image.fromarray(np.asarray(img.convert("L"), dtype=np.uint16) * 257)
     assert grey16.mode == "I;16"
     return {
         "jpeg": (encode(img, "JPEG", quality=90), "image/jpeg"),
@@ -92,12 +93,6 @@ def metric(text: str, name: str, **labels: str) -> float:
             if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
                 return sample.value
     return 0.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass

@@ -1,7 +1,7 @@
 import torch
 
+from core.models import CIFAR_MEAN, CIFAR_STD
 from training.augment import color_distort, crop_flip, crop_flip_grid, cutout_square, simclr_views
-from training.models import CIFAR_MEAN, CIFAR_STD
 
 
 def images(n: int = 16, seed: int = 0) -> torch.Tensor:

@@ -15,8 +15,8 @@ import torch.multiprocessing as mp
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from training.loss import nt_xent_loss
 from tests_support import free_port
+from training.loss import nt_xent_loss
 
 N, D_IN = 8, 12
 
@@ -65,7 +65,7 @@ def test_two_processes_equal_one_on_the_global_batch(tmp_path: Path) -> None:
 def test_torchrun_pretrains_with_two_cpu_processes(tiny_folder: Path, tmp_path: Path) -> None:
     torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
     assert torchrun is not None
-    cmd = [torchrun, "--standalone", "--nproc_per_node", "2", "-m", "training.cli", "pretrain",
+    cmd = [torchrun, "--standalone", "--nproc_per_node", "2", "-m", "simclr", "pretrain",
            "--home", str(tmp_path), "--data", str(tiny_folder), "--width", "8", "--batch-size", "100",
            "--epochs", "1", "--proj-dim", "16"]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from core.home import ArtifactHome
 from training import pretrain
-from training.artifacts import ArtifactHome
 from training.config import PretrainConfig
 from training.pretrain import CheckpointError, Interrupted
 from training.runtime import warmup_cosine
@@ -69,7 +69,7 @@ def test_stop_mid_epoch_then_resume_equals_straight_run(
 
 
 def test_sigkill_then_resume_equals_straight_run(straight: Path, tiny_folder: Path, tmp_path: Path) -> None:
-    cmd = [sys.executable, "-m", "training.cli", "pretrain", "--home", str(tmp_path), "--data", str(tiny_folder),
+    cmd = [sys.executable, "-m", "simclr", "pretrain", "--home", str(tmp_path), "--data", str(tiny_folder),
            "--width", "8", "--batch-size", "100", "--epochs", "3", "--proj-dim", "16", "--temperature", "0.2",
            "--knn-bank", "100"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -81,7 +81,7 @@ def test_sigkill_then_resume_equals_straight_run(straight: Path, tiny_folder: Pa
     run_id = next(tmp_path.glob("runs/*")).name
     epochs_done = torch.load(tmp_path / "runs" / run_id / "checkpoint.pt", weights_only=True)["progress"]["epoch"]
     assert epochs_done >= 1
-    r = subprocess.run([sys.executable, "-m", "training.cli", "pretrain", "--home", str(tmp_path), "--resume", run_id],
+    r = subprocess.run([sys.executable, "-m", "simclr", "pretrain", "--home", str(tmp_path), "--resume", run_id],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     assert_same_weights(encoder_weights(tmp_path / "runs" / run_id), encoder_weights(straight))

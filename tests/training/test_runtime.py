@@ -53,3 +53,15 @@ def test_freed_activation_buffers_are_reused_without_page_faults() -> None:
     default, tuned = page_faults("default"), page_faults("tuned")
     assert default > 5 * buffer_pages  # the cost being removed is there: each step re-faults its buffers
     assert tuned < buffer_pages  # less than one buffer's pages over five steps
+
+
+def test_warmup_cosine_values() -> None:
+    """The learning-rate multiplier of every stage (pretraining, fine-tuning, the linear probe)."""
+    from training.runtime import warmup_cosine
+
+    assert warmup_cosine(0.0, 0.1) == 0.0 and warmup_cosine(0.05, 0.1) == pytest.approx(0.5)
+    assert warmup_cosine(0.1, 0.1) == pytest.approx(1.0)  # the peak, where warm-up ends
+    assert warmup_cosine(0.55, 0.1) == pytest.approx(0.5)  # half-way down the cosine
+    assert warmup_cosine(1.0, 0.1) == pytest.approx(0.0) and warmup_cosine(2.0, 0.1) == pytest.approx(0.0)
+    assert warmup_cosine(-1.0, 0.0) == 1.0 and warmup_cosine(0.5, 0.0) == pytest.approx(0.5)
+    assert [round(warmup_cosine(p, 0.0), 6) for p in (0.0, 0.25, 0.75)] == [1.0, round(0.5 * (1 + 2**-0.5), 6), round(0.5 * (1 - 2**-0.5), 6)]

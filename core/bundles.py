@@ -1,0 +1,234 @@
+"""Servable bundles, ``<home>/models/<version>/``: immutable once written.
+
+    manifest.json   version, created, backbone, image size, normalisation, class names,
+                    weight fingerprints (sha256), metrics, the index's description
+    encoder.pt      SimCLR encoder weights: embeddings for the index and for queries
+    classifier.pt   fine-tuned encoder + linear head
+    index.faiss, index.json, items.json, images.npy   the index (``core.index_files``)
+
+A bundle's manifest records the sha256 of each weights file, and its index the sha256
+of the encoder that built it; :func:`load_bundle` refuses any bundle where they differ,
+so an index is never queried with another model's embeddings.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import faiss
+import numpy as np
+import torch
+from pydantic import BaseModel, ValidationError
+
+from core.atomic import atomic_write_json
+from core.home import MANIFEST_FILE, ArtifactHome
+from core.index_files import FILES as INDEX_FILES
+from core.index_files import IndexInfo, copy_index_dir, read_index_classes, read_index_dir, read_index_info
+from core.models import CIFAR_MEAN, CIFAR_STD, Classifier, EncoderSpec, build_encoder, feature_dim
+
+ENCODER_FILE = "encoder.pt"
+CLASSIFIER_FILE = "classifier.pt"
+BUNDLE_FILES = (ENCODER_FILE, CLASSIFIER_FILE, *INDEX_FILES)
+
+
+class BundleError(RuntimeError):
+    """A bundle that must not be served (or published); the message says why."""
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class Normalization(BaseModel):
+    """Per-channel mean and std (in [0, 1] units) that the models' inputs are normalised with."""
+
+    mean: tuple[float, float, float] = CIFAR_MEAN
+    std: tuple[float, float, float] = CIFAR_STD
+
+
+class Manifest(BaseModel):
+    version: str
+    created: str
+    run_id: str | None = None
+    backbone: dict[str, int | str]
+    image_size: int
+    normalization: Normalization = Normalization()
+    class_names: list[str]
+    weights: dict[str, str]
+    metrics: dict[str, float]
+    # The split the classifier's metrics were measured on: "test", or "held-out train" for data without one.
+    metrics_split: str = "test"
+    index: IndexInfo
+
+    @property
+    def encoder_spec(self) -> EncoderSpec:
+        b = self.backbone
+        return EncoderSpec(arch=str(b["arch"]), width=int(b["width"]), image_size=self.image_size, expand=int(b.get("expand", 0)))
+
+
+def check_classes(index_classes: list[str], class_names: list[str]) -> None:
+    """Refuse an index whose label ids name other classes than the classifier's."""
+    if index_classes and index_classes != class_names:
+        raise BundleError(
+            f"the index's items are labelled with classes {index_classes}, the classifier predicts {class_names}: "
+            "index a folder with the same class subfolders as the fine-tuning data (or unlabelled images)"
+        )
+
+
+def publish_bundle(
+    home: ArtifactHome,
+    *,
+    encoder_file: Path,
+    classifier_file: Path,
+    index_dir: Path,
+    spec: EncoderSpec,
+    class_names: list[str],
+    metrics: dict[str, float],
+    metrics_split: str = "test",
+    run_id: str | None = None,
+    make_current: bool = True,
+) -> str:
+    """Copy a run's outputs into a new immutable ``models/<version>/`` and (by default) point CURRENT at it.
+
+    The bundle is assembled in a hidden temp folder and renamed into place, so
+    a reader sees either no bundle or a complete one. It is loaded once before
+    the pointer moves: a bundle that would not serve is never made current.
+    """
+    enc_fp = sha256_file(encoder_file)
+    if read_index_info(index_dir).encoder_fingerprint != enc_fp:
+        raise BundleError("the index was built by a different encoder than the one being published; re-run `simclr index`")
+    check_classes(read_index_classes(index_dir), class_names)
+    version = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S") + "-" + enc_fp[:8]
+    home.models.mkdir(parents=True, exist_ok=True)
+    tmp = home.models / f".tmp-{version}-{os.getpid()}"
+    tmp.mkdir()
+    try:
+        shutil.copyfile(encoder_file, tmp / ENCODER_FILE)
+        shutil.copyfile(classifier_file, tmp / CLASSIFIER_FILE)
+        copy_index_dir(index_dir, tmp)
+        manifest = Manifest(
+            version=version,
+            created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            run_id=run_id,
+            backbone={"arch": spec.arch, "width": spec.width, "expand": spec.expand},
+            image_size=spec.image_size,
+            normalization=Normalization(),
+            class_names=class_names,
+            weights={"encoder": enc_fp, "classifier": sha256_file(tmp / CLASSIFIER_FILE)},
+            metrics=metrics,
+            metrics_split=metrics_split,
+            index=read_index_info(index_dir),
+        )
+        atomic_write_json(tmp / MANIFEST_FILE, manifest.model_dump())
+        load_bundle(tmp)  # refuse to publish what could not be served
+        final = home.bundle_dir(version)
+        while final.exists():  # two publishes of one encoder within a second
+            time.sleep(1.0)
+            version = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S") + "-" + enc_fp[:8]
+            manifest.version = version
+            atomic_write_json(tmp / MANIFEST_FILE, manifest.model_dump())
+            final = home.bundle_dir(version)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if make_current:
+        home.set_current(version)
+    return version
+
+
+@dataclass
+class LoadedBundle:
+    """A validated bundle in memory, ready to answer requests. Never mutated after loading."""
+
+    manifest: Manifest
+    encoder: torch.nn.Module  # SimCLR encoder: embeddings for the index
+    classifier: Classifier  # fine-tuned encoder + linear head
+    index: faiss.Index
+    labels: np.ndarray  # (N,) int64
+    sources: list[str]
+    pixels: np.ndarray  # (N, 3, H, W) uint8, memory-mapped
+    # Each item's best (scores, ids), (N, k) each, itself included; precomputed by the service for small indexes.
+    id_neighbors: tuple[np.ndarray, np.ndarray] | None = None
+
+    @property
+    def version(self) -> str:
+        return self.manifest.version
+
+
+def load_bundle(path: Path) -> LoadedBundle:
+    """Load and validate a bundle: manifest, weight fingerprints, index-encoder match, shapes, classes.
+
+    Raises :class:`BundleError` with the reason for anything that does not match.
+    """
+    try:
+        manifest = Manifest.model_validate_json((path / MANIFEST_FILE).read_text())
+    except FileNotFoundError as e:
+        raise BundleError(f"{path} has no {MANIFEST_FILE}") from e
+    except ValidationError as e:
+        raise BundleError(f"{path / MANIFEST_FILE} is not a valid manifest: {e}") from e
+    if path.name != manifest.version and not path.name.startswith(".tmp-"):  # .tmp-: being published
+        raise BundleError(f"{path} holds a manifest for version {manifest.version}: bundles are never renamed")
+    for name in BUNDLE_FILES:
+        if not (path / name).is_file():
+            raise BundleError(f"bundle {manifest.version} lacks {name}")
+    for key, name in (("encoder", ENCODER_FILE), ("classifier", CLASSIFIER_FILE)):
+        if sha256_file(path / name) != manifest.weights.get(key):
+            raise BundleError(f"bundle {manifest.version}: {name} does not match its fingerprint in the manifest")
+    spec = manifest.encoder_spec
+    dim = feature_dim(spec)
+    n_classes = len(manifest.class_names)
+    if n_classes < 2:
+        raise BundleError(f"bundle {manifest.version}: needs at least 2 class names, has {n_classes}")
+    try:
+        items = read_index_dir(path)
+    except ValidationError as e:
+        raise BundleError(f"bundle {manifest.version}: its index description is not valid: {e}") from e
+    except (RuntimeError, ValueError, OSError, KeyError, TypeError) as e:
+        raise BundleError(f"bundle {manifest.version}: cannot load its index: {e!r}") from e
+    if items.info.encoder_fingerprint != manifest.weights.get("encoder"):
+        raise BundleError(f"bundle {manifest.version}: the index was built by another encoder")
+    try:
+        check_classes(items.classes, manifest.class_names)
+        encoder = build_encoder(spec)
+        encoder.load_state_dict(torch.load(path / ENCODER_FILE, map_location="cpu", weights_only=True))
+        classifier = Classifier(build_encoder(spec), dim, n_classes)
+        classifier.load_state_dict(torch.load(path / CLASSIFIER_FILE, map_location="cpu", weights_only=True))
+    except BundleError as e:
+        raise BundleError(f"bundle {manifest.version}: {e}") from e
+    except (RuntimeError, ValueError, OSError, KeyError, TypeError) as e:
+        raise BundleError(f"bundle {manifest.version}: cannot load its weights: {e!r}") from e
+    index, labels, pixels = items.index, items.labels, items.pixels
+    checks = {
+        "index dimension": (index.d, dim),
+        "index size in manifest": (index.ntotal, manifest.index.size),
+        "items": (len(labels), index.ntotal),
+        "sources": (len(items.sources), index.ntotal),
+        "stored images": (pixels.shape[0], index.ntotal),
+    }
+    for what, (got, want) in checks.items():
+        if got != want:
+            raise BundleError(f"bundle {manifest.version}: {what} is {got}, expected {want}")
+    if pixels.shape[1:] != (3, spec.image_size, spec.image_size) or pixels.dtype != np.uint8:
+        want = f"3x{spec.image_size}x{spec.image_size} uint8"
+        raise BundleError(f"bundle {manifest.version}: stored images have shape {pixels.shape[1:]}, expected {want}")
+    if labels.size and (labels.max() >= n_classes or labels.min() < -1):
+        raise BundleError(f"bundle {manifest.version}: item labels must be -1 (none) or below {n_classes}")
+    encoder.eval()
+    classifier.eval()
+    return LoadedBundle(manifest, encoder, classifier, index, labels, items.sources, pixels)
+
+
+def load_current(home: ArtifactHome) -> LoadedBundle | None:
+    version = home.current_version()
+    return None if version is None else load_bundle(home.bundle_dir(version))

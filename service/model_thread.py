@@ -1,0 +1,77 @@
+"""What the model thread runs: a batch's uploads decoded, then one forward pass of the frozen models.
+
+``service.app`` builds one :class:`~service.batching.Batcher` per kind of work from
+these functions; the batchers run them in the one model thread. Each takes the
+bundle the batch's requests took (``service.frozen.for_serving`` has frozen its
+models) and the batch's items, and answers one result per item, in order, or the
+HTTPException of an upload that does not decode: that request fails, not its batch.
+
+- :func:`classify`: softmax probabilities over all classes (POST /classify)
+- :func:`embed_and_search`: the best hits of each upload's embedding in the index (POST /neighbors)
+- :func:`embed`: unit embeddings, for a route that answers the embedding itself
+
+Every forward pass normalises its input with the bundle manifest's ``normalization``
+(the statistics the models were trained with), and embeddings are
+``core.models.embed``'s, the function that embedded the indexed items: a query is
+embedded exactly as the index was. One forward pass per batch, in eval mode, so
+each row is what the image alone would give (within float tolerance). Nothing else
+runs here: no progress bars, no training code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from fastapi import HTTPException
+
+from core import models
+from core.bundles import LoadedBundle
+from index.faiss_index import search
+from service.decoding import DecodedBatch, Upload, decode_batch
+
+
+def _decode(bundle: LoadedBundle, uploads: Sequence[Upload]) -> DecodedBatch:
+    return decode_batch(uploads, bundle.manifest.image_size)
+
+
+@torch.inference_mode()
+def _probabilities(bundle: LoadedBundle, pixels: np.ndarray) -> np.ndarray:
+    """``(B, C)`` softmax probabilities of uint8 ``(B, 3, H, W)`` pixels: one forward pass."""
+    norm = bundle.manifest.normalization
+    logits = bundle.classifier(models.normalize(torch.from_numpy(pixels), norm.mean, norm.std))
+    return logits.float().softmax(dim=1).numpy()
+
+
+def _embeddings(bundle: LoadedBundle, pixels: np.ndarray) -> np.ndarray:
+    """``(B, D)`` float32 unit embeddings of uint8 ``(B, 3, H, W)`` pixels: one forward pass."""
+    norm = bundle.manifest.normalization
+    x = torch.from_numpy(pixels)
+    return models.embed(bundle.encoder, x, batch_size=max(1, len(x)), mean=norm.mean, std=norm.std).numpy()
+
+
+def classify(bundle: LoadedBundle, uploads: Sequence[Upload]) -> list[np.ndarray | HTTPException]:
+    """Softmax probabilities over all classes, one ``(C,)`` row per upload (``(3, H, W)``
+    uint8 pixels, or a thumbnail decoded here); an upload that does not decode gets its error."""
+    batch = _decode(bundle, uploads)
+    return batch.answers(list(_probabilities(bundle, batch.pixels)) if batch.rows else [])
+
+
+def embed(bundle: LoadedBundle, uploads: Sequence[Upload]) -> list[np.ndarray | HTTPException]:
+    """The unit embedding ``(D,)`` float32 of each upload (inner product = cosine similarity,
+    as the index's); an upload that does not decode gets its error."""
+    batch = _decode(bundle, uploads)
+    return batch.answers(list(_embeddings(bundle, batch.pixels)) if batch.rows else [])
+
+
+def embed_and_search(bundle: LoadedBundle, items: Sequence[tuple[Upload, int]]) -> list[tuple[np.ndarray, np.ndarray] | HTTPException]:
+    """``(scores, ids)`` of the best ``k`` hits for each ``(upload, k)``, or the upload's error if it
+    does not decode: one forward pass and one search for the whole batch (the largest k, each
+    query's prefix of it)."""
+    batch = _decode(bundle, [upload for upload, _ in items])
+    if not batch.rows:
+        return batch.answers([])
+    ks = [items[i][1] for i in batch.rows]
+    scores, ids = search(bundle.index, _embeddings(bundle, batch.pixels), max(ks))
+    return batch.answers([(scores[j, :k], ids[j, :k]) for j, k in enumerate(ks)])

@@ -1,0 +1,291 @@
+"""The ``simclr`` command: pretrain, finetune, evaluate, report, index, publish, refresh, serve.
+
+The top of the project: the one module that imports training, index and service.
+Heavy imports (torch, faiss, the service) happen inside each subcommand, so
+``simclr --help`` answers at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+from dataclasses import replace
+from typing import Any
+
+from training.config import PRESETS, FinetuneConfig, PretrainConfig, with_overrides
+
+P, F = PretrainConfig(), FinetuneConfig()
+EVAL_GROUPS = ("linear", "finetune", "random", "supervised", "knn")  # training.evaluation_suite.GROUPS, without importing torch
+
+
+def duration(text: str) -> float:
+    """'90m', '1.5h', '300s' or '300' (seconds) -> seconds."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smh]?)\s*", text)
+    if not m:
+        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (use e.g. 90m, 1.5h, 300s)")
+    return float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[m.group(2)]
+
+
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def add_home(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--home", default=None, help="artifacts folder (default: $SIMCLR_HOME or ./artifacts)")
+
+
+def add_data(p: argparse.ArgumentParser, required_default: str | None = "cifar10") -> None:
+    default = os.environ.get("SIMCLR_DATA", required_default)
+    p.add_argument(
+        "--data",
+        default=default,
+        help="'cifar10' (torchvision download) or an image folder, ImageFolder layout with train/ and test/ "
+        f"(default: $SIMCLR_DATA or {required_default})",
+    )
+
+
+def add_pretrain_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("pretraining (flags override the preset)")
+    g.add_argument("--preset", choices=sorted(PRESETS),
+                   help="a named recipe: quick (minutes on a CPU), cpu (the seed's table in 120 min on 2 cores), seed (the seed's GPU run)")
+    g.add_argument("--arch", choices=["resnet18", "resnet34", "resnet50"], help=f"encoder (default: {P.arch})")
+    g.add_argument("--width", type=positive_int, help=f"ResNet base width; 32 is a quarter of the FLOPs (default: {P.width})")
+    g.add_argument("--expand", type=non_negative_int,
+                   help=f"channels of a 1x1 conv + BN + ReLU before pooling, the feature size (0: none, 8 x width features; default: {P.expand})")
+    g.add_argument("--epochs", type=positive_int, help=f"pretraining epochs (default: {P.epochs})")
+    g.add_argument("--time-budget", type=duration, help="fit the schedule to this wall-clock time instead of epochs, e.g. 90m (default: none)")
+    g.add_argument("--batch-size", type=positive_int, help=f"images per step, two views each (default: {P.batch_size})")
+    g.add_argument("--optimizer", choices=["adam", "sgd", "lars"], help=f"sgd is Nesterov momentum (default: {P.optimizer})")
+    g.add_argument("--lr", type=float, help=f"peak learning rate (default: {P.lr})")
+    g.add_argument("--weight-decay", type=float, help=f"(default: {P.weight_decay})")
+    g.add_argument("--temperature", type=float, help=f"NT-Xent temperature (default: {P.temperature})")
+    g.add_argument("--crop-size", type=positive_int, help="side of the augmented views in pixels (default: the image size)")
+    g.add_argument("--proj-dim", type=positive_int, help=f"projection head output size (default: {P.proj_dim})")
+    g.add_argument("--limit", type=positive_int, help="use at most N images of each split, a fixed random subset (default: all)")
+    g.add_argument("--knn-bank", type=positive_int, help="train images in the kNN monitor's memory bank (default: all)")
+    g.add_argument("--knn-every", type=int, help=f"epochs between kNN accuracy checks, 0 for never (default: {P.knn_every})")
+    g.add_argument("--seed", type=int, help=f"(default: {P.seed})")
+    g.add_argument("--device", help=f"auto, cpu, cuda, cuda:1 (default: {P.device})")
+    g.add_argument("--compile", action="store_true", default=None, help="torch.compile the model: ~1 min to compile, faster steps (default: off)")
+    g.add_argument("--sync-bn", action="store_true", default=None, help="SyncBatchNorm across torchrun processes (default: off)")
+
+
+def add_finetune_flags(p: argparse.ArgumentParser, prefix: str = "") -> None:
+    g = p.add_argument_group("fine-tuning")
+    g.add_argument(f"--{prefix}epochs", dest="ft_epochs", type=positive_int, help=f"fine-tuning epochs (default: {F.epochs})")
+    g.add_argument(f"--{prefix}time-budget", dest="ft_time_budget", type=duration, help="fine-tune for this wall-clock time instead (default: none)")
+    g.add_argument("--label-fraction", type=float, help=f"stratified labelled fraction of train (default: {F.label_fraction})")
+    g.add_argument(f"--{prefix}lr", dest="ft_lr", type=float, help=f"Adam learning rate of the head (default: {F.lr})")
+    g.add_argument("--encoder-lr-scale", type=float, help=f"encoder learning rate = lr x this (default: {F.encoder_lr_scale})")
+    g.add_argument("--label-smoothing", type=float, help=f"cross-entropy label smoothing (default: {F.label_smoothing})")
+    g.add_argument("--head-init", choices=("random", "probe"), help=f"probe: start from a linear probe's head, LP-FT (default: {F.head_init})")
+    g.add_argument("--cutout", type=int, help=f"side in pixels of a Cutout square added to crop + flip, 0 = none (default: {F.cutout})")
+
+
+def resolve(base: Any, preset: dict[str, Any], flags: dict[str, Any]) -> Any:
+    """``base`` with the preset's fields, then the flags given. An explicit epoch
+    count without a time budget drops the preset's time budget."""
+    cfg = with_overrides(base, preset)
+    if flags.get("epochs") is not None and flags.get("time_budget") is None:
+        cfg = replace(cfg, time_budget=None)
+    return with_overrides(cfg, flags)
+
+
+def pretrain_config(a: argparse.Namespace) -> PretrainConfig:
+    return resolve(P, PRESETS.get(a.preset or "", {}).get("pretrain", {}), vars(a))
+
+
+def finetune_config(a: argparse.Namespace) -> FinetuneConfig:
+    flags = {
+        "epochs": a.ft_epochs, "time_budget": a.ft_time_budget, "label_fraction": a.label_fraction, "lr": a.ft_lr,
+        "encoder_lr_scale": a.encoder_lr_scale, "label_smoothing": a.label_smoothing, "head_init": a.head_init,
+        "cutout": a.cutout,
+    }  # fmt: skip
+    return resolve(F, PRESETS.get(a.preset or "", {}).get("finetune", {}), flags)
+
+
+def cmd_pretrain(a: argparse.Namespace) -> None:
+    from core.home import ArtifactHome
+    from training import pretrain
+
+    home = ArtifactHome(a.home)
+    if a.resume:
+        from training.config import run_config
+
+        run = home.run(a.resume)
+        pretrain.main(run_config(run), home, run)
+    else:
+        run = pretrain.main(pretrain_config(a), home)
+    if run is not None:  # None on torchrun's other ranks
+        print(f"run: {run.dir}")
+
+
+def cmd_finetune(a: argparse.Namespace) -> None:
+    from core.home import ArtifactHome
+    from training import finetune
+
+    home = ArtifactHome(a.home)
+    finetune.main(finetune_config(a), home, home.run(a.run), data=a.data, limit=a.limit)
+
+
+def cmd_index(a: argparse.Namespace) -> None:
+    from core.home import ArtifactHome
+    from index import build
+
+    home = ArtifactHome(a.home)
+    build.main(home.run(a.run), home.data, data=a.data, split=a.split, limit=a.limit)
+
+
+def cmd_publish(a: argparse.Namespace) -> None:
+    from core.home import ArtifactHome
+    from training.publish import publish_run
+
+    home = ArtifactHome(a.home)
+    version = publish_run(home, home.run(a.run), make_current=not a.no_current)
+    print(f"published {version} -> {home.bundle_dir(version)}")
+
+
+def cmd_refresh(a: argparse.Namespace) -> None:
+    from core.home import ArtifactHome
+    from index import build
+    from training import finetune, pretrain
+    from training.publish import publish_run
+
+    home = ArtifactHome(a.home)
+    run = pretrain.main(pretrain_config(a), home)
+    if run is None:  # torchrun's other ranks: rank 0 fine-tunes, indexes and publishes
+        return
+    finetune.main(finetune_config(a), home, run)
+    build.main(run, home.data, limit=a.limit)
+    version = publish_run(home, run)
+    print(f"published {version}; a running `simclr serve --home {home.root}` picks it up")
+
+
+def cmd_evaluate(a: argparse.Namespace) -> None:
+    from core.home import ArtifactHome
+    from training import evaluation_suite
+
+    groups = evaluation_suite.parse_groups(a.rows)
+    cfg = resolve(F, PRESETS.get(a.preset or "", {}).get("finetune", {}), {"epochs": a.epochs, "time_budget": a.time_budget})
+    home = ArtifactHome(a.home)
+    evaluation_suite.main(cfg, home, home.run(a.run), groups, data=a.data, limit=a.limit)
+
+
+def cmd_report(a: argparse.Namespace) -> None:
+    from core.home import ArtifactHome
+    from training import report
+
+    home = ArtifactHome(a.home)
+    report.main(home, home.run(a.run))
+
+
+def cmd_serve(a: argparse.Namespace) -> None:
+    from service import serve
+
+    serve.main(a)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from service import serve  # its flags; it imports nothing heavy
+
+    parser = argparse.ArgumentParser(prog="simclr", description="SimCLR image embeddings: train, index, publish, serve.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("pretrain", help="self-supervised SimCLR pretraining of an encoder")
+    add_home(p)
+    add_data(p)
+    add_pretrain_flags(p)
+    p.add_argument("--resume", metavar="RUN_ID", help="continue this run from its last checkpoint, with its saved config")
+    p.set_defaults(func=cmd_pretrain)
+
+    p = sub.add_parser("finetune", help="fine-tune encoder + linear head on a labelled fraction; writes its top-1/top-3 "
+                       "on the test split (without one: on the train images it did not train on)")
+    add_home(p)
+    add_data(p, None)
+    p.add_argument("--run", help="run id (default: the newest run)")
+    p.add_argument("--limit", type=positive_int, help="at most N images per split (default: the run's)")
+    p.add_argument("--preset", choices=sorted(PRESETS), help="take fine-tuning settings from a preset")
+    add_finetune_flags(p, prefix="")
+    p.set_defaults(func=cmd_finetune)
+
+    p = sub.add_parser("index", help="embed an image split with a run's encoder into a FAISS index")
+    add_home(p)
+    add_data(p, None)
+    p.add_argument("--run", help="run id (default: the newest run)")
+    p.add_argument("--split", default="test", choices=["train", "test"], help="split to index (default: test)")
+    p.add_argument("--limit", type=positive_int, help="at most N images (default: all)")
+    p.set_defaults(func=cmd_index)
+
+    p = sub.add_parser("publish", help="pack a run into an immutable model bundle and make it current")
+    add_home(p)
+    p.add_argument("--run", help="run id (default: the newest run)")
+    p.add_argument("--no-current", action="store_true", help="write the bundle but leave the current pointer")
+    p.set_defaults(func=cmd_publish)
+
+    p = sub.add_parser("refresh", help="pretrain, fine-tune, index and publish: a new model for the running service")
+    add_home(p)
+    add_data(p)
+    add_pretrain_flags(p)
+    add_finetune_flags(p, prefix="ft-")
+    p.set_defaults(func=cmd_refresh)
+
+    p = sub.add_parser("evaluate", help="the seed's table for a run: linear eval, fine-tune, random init, supervised, kNN")
+    add_home(p)
+    add_data(p, None)
+    p.add_argument("--run", help="run id (default: the newest run)")
+    p.add_argument("--rows", default=",".join(EVAL_GROUPS),
+                   help="comma-separated row groups: linear (frozen SimCLR encoder, 10%% and 100%% labels), finetune "
+                   "(end to end, 10%%), random (linear and fine-tune from a random encoder), supervised (from scratch, "
+                   "10%% and 100%%), knn (weighted, k=200, T=0.1) (default: all: %(default)s)")
+    p.add_argument("--epochs", type=positive_int, help=f"epochs of every end-to-end row (default: {F.epochs}, or the preset's time budget)")
+    p.add_argument("--time-budget", type=duration, help="wall-clock time of every end-to-end row instead, e.g. 25m (default: none)")
+    p.add_argument("--preset", choices=sorted(PRESETS), help="take the end-to-end rows' settings from a preset (default: none)")
+    p.add_argument("--limit", type=positive_int, help="at most N images per split (default: the run's)")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("report", help="write runs/<id>/report/REPORT.md: the seed's table beside ours, loss, accuracy and neighbour figures")
+    add_home(p)
+    p.add_argument("--run", help="run id (default: the newest run)")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("serve", help="the HTTP service over the current model bundle (the same as `python -m service`)")
+    serve.add_arguments(p)
+    p.set_defaults(func=cmd_serve)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    if args.command == "serve":
+        from service.threads import passive_openmp
+
+        passive_openmp()  # before anything loads torch
+    from core.bundles import BundleError
+    from core.datasets import DataError
+    from training.pretrain import Interrupted
+
+    try:
+        args.func(args)
+    except (BundleError, DataError, OSError, ValueError) as e:  # a refused bundle, FileNotFoundError, a taken port, ...: one line, no traceback
+        sys.exit(f"simclr {args.command}: error: {e}")
+    except Interrupted as e:
+        print(f"simclr {args.command}: {e}", file=sys.stderr)
+        sys.exit(130)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,55 @@
+"""The Batcher, in process with stand-in work: batches never mix bundles, results go back to their own
+requests, and a failure fails only the requests it concerns."""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+
+from service.batching import Batcher
+
+
+def test_a_batch_never_mixes_bundles() -> None:
+    """In process, with a stand-in model: items that took different bundles go into different batches,
+    each result goes back to its own request, and a failing batch fails only its own requests."""
+    calls: list[tuple[object, list[int]]] = []
+
+    def fn(bundle: object, items: list[int]) -> list[tuple[object, int]]:
+        calls.append((bundle, list(items)))
+        if -1 in items:
+            raise ValueError("boom")
+        return [(bundle, i) for i in items]
+
+    old, new = object(), object()
+    taken = [old, new, old, old, new, old, new, new, old, old]
+
+    async def go() -> None:
+        with ThreadPoolExecutor(1) as executor:
+            batcher = Batcher(fn, executor, max_size=4, max_wait=0.05)
+            results = await asyncio.gather(*(batcher.submit(b, i) for i, b in enumerate(taken)))
+            assert results == [(b, i) for i, b in enumerate(taken)]
+            failed = await asyncio.gather(batcher.submit(new, -1), batcher.submit(new, 5), return_exceptions=True)
+            assert all(isinstance(e, ValueError) for e in failed)
+            assert await batcher.submit(old, 7) == (old, 7)  # the batcher survived
+            await batcher.close()
+
+    asyncio.run(go())
+    assert calls[:3] == [(old, [0, 2, 3, 5]), (new, [1, 4, 6, 7]), (old, [8, 9])]
+
+
+def test_an_item_answered_with_an_exception_fails_only_its_own_request() -> None:
+    """``fn`` may answer one item with an exception (an image that does not decode): that request
+    raises it, the others of the batch get their results."""
+
+    def fn(bundle: object, items: list[int]) -> list[int | BaseException]:
+        return [ValueError(f"item {i}") if i < 0 else i * 10 for i in items]
+
+    async def go() -> None:
+        with ThreadPoolExecutor(1) as executor:
+            batcher = Batcher(fn, executor, max_size=4, max_wait=0.05)
+            got = await asyncio.gather(*(batcher.submit(None, i) for i in (1, -2, 3)), return_exceptions=True)
+            assert got[0] == 10 and got[2] == 30
+            assert isinstance(got[1], ValueError) and str(got[1]) == "item -2"
+            await batcher.close()
+
+    asyncio.run(go())

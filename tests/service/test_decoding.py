@@ -1,0 +1,53 @@
+"""Uploads to pixels: thumbnails left for the model thread's ``decode_batch``, bigger images decoded in
+the threadpool, the same pixels either way, and a broken upload failing alone."""
+
+from __future__ import annotations
+
+import io
+
+import anyio
+import numpy as np
+from fastapi import HTTPException
+from PIL import Image
+
+from service.decoding import INLINE_PIXELS, decode_batch, decode_image, prepare_upload
+
+
+def _png(side: int, seed: int = 0) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (side, side, 3), dtype=np.uint8)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def test_prepared_uploads_decode_to_the_same_pixels_and_a_broken_one_fails_alone() -> None:
+    """Thumbnails are left for the model thread to decode (``decode_batch``), bigger images are decoded
+    in the threadpool: the same pixels either way. A thumbnail whose data is broken after a good
+    header gets its own 400; the rest of its batch is decoded and stacked."""
+    pngs = {side: _png(side) for side in (32, 200)}  # 32x32 is a thumbnail, 200x200 is not
+    for side in pngs:
+        assert (side * side <= INLINE_PIXELS) == (side == 32)
+    thumb, big = (anyio.run(prepare_upload, pngs[s], 32, 10**6) for s in (32, 200))
+    assert isinstance(thumb, Image.Image) and isinstance(big, np.ndarray)
+    broken = anyio.run(prepare_upload, pngs[32][: len(pngs[32]) // 2], 32, 10**6)  # the header survives
+
+    batch = decode_batch([thumb, broken, big], 32)
+    assert batch.rows == [0, 2]
+    assert batch.pixels.shape == (len(batch.rows), 3, 32, 32) and batch.pixels.dtype == np.uint8
+    got = batch.answers(list(batch.pixels))  # one result per decoded row, back in batch order
+    assert np.array_equal(got[0], decode_image(pngs[32], 32, 10**6))
+    assert np.array_equal(got[2], decode_image(pngs[200], 32, 10**6))
+    assert isinstance(got[1], HTTPException) and got[1].status_code == 400
+    assert set(batch.errors) == {1}
+
+
+def test_a_batch_that_all_decodes_or_none_does() -> None:
+    pixels = [decode_image(_png(32, seed), 32, 10**6) for seed in (1, 2)]
+    batch = decode_batch(pixels, 32)
+    assert batch.rows == [0, 1] and not batch.errors and np.array_equal(batch.pixels, np.stack(pixels))
+    assert batch.answers(["a", "b"]) == ["a", "b"]
+
+    broken = [anyio.run(prepare_upload, _png(32, seed)[:60], 32, 10**6) for seed in (3, 4)]
+    batch = decode_batch(broken, 32)
+    assert batch.rows == [] and batch.pixels.shape == (0, 3, 32, 32)
+    answers = batch.answers([])
+    assert [type(a) for a in answers] == [HTTPException, HTTPException] and {a.status_code for a in answers} == {400}

@@ -1,0 +1,25 @@
+"""Settings: the SIMCLR_* environment, overridable in code (what the command line gives)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from service.settings import Settings
+
+
+def test_settings_from_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    assert Settings().cors_origins == [] and Settings().max_upload_bytes == 10_000_000
+    monkeypatch.setenv("SIMCLR_HOME", str(tmp_path))
+    monkeypatch.setenv("SIMCLR_CORS_ORIGINS", "http://a.example, http://b.example")
+    monkeypatch.setenv("SIMCLR_TORCH_THREADS", "2")
+    s = Settings()
+    assert s.home == tmp_path and s.torch_threads == 2
+    assert s.cors_origins == ["http://a.example", "http://b.example"]
+    monkeypatch.setenv("SIMCLR_CORS_ORIGINS", '["http://c.example"]')
+    assert Settings().cors_origins == ["http://c.example"]
+    assert Settings(port=9000).port == 9000  # explicit values (the CLI's) win over the environment
+    assert Settings().opentelemetry is False
+    monkeypatch.setenv("SIMCLR_OPENTELEMETRY", "1")
+    assert Settings().opentelemetry is True

@@ -1,0 +1,37 @@
+"""Budget: the one stopping rule of pretraining and fine-tuning, by epochs or by wall-clock seconds."""
+
+from __future__ import annotations
+
+import pytest
+
+from training.budget import Budget
+from training.config import FinetuneConfig, PretrainConfig
+from training.pretrain import Progress, schedule_progress
+
+
+def test_an_epoch_budget_counts_epochs_and_ignores_the_clock() -> None:
+    b = Budget(epochs=4)
+    assert b.progress(1, 10_000.0) == 0.25 and b.progress(2.5, 0.0) == pytest.approx(0.625)
+    assert not b.done(3, 10_000.0) and not b.done(3.99, 0.0)
+    assert b.done(4, 0.0) and b.done(5, 0.0)
+
+
+def test_a_time_budget_counts_seconds_and_ignores_epochs() -> None:
+    b = Budget(epochs=4, seconds=60.0)
+    assert b.progress(100, 30.0) == 0.5
+    assert not b.done(100, 59.9) and b.done(0, 60.0) and b.done(1, 61.0)
+
+
+def test_every_stage_takes_its_budget_from_its_config() -> None:
+    assert PretrainConfig(epochs=7).budget == Budget(7, None)
+    assert PretrainConfig(epochs=7, time_budget=90.0).budget == Budget(7, 90.0)
+    assert FinetuneConfig(epochs=3, time_budget=None).budget == Budget(3, None)
+    assert FinetuneConfig(time_budget=15.0).budget.seconds == 15.0
+
+
+def test_pretraining_counts_epochs_by_steps_so_the_schedule_moves_every_step() -> None:
+    cfg = PretrainConfig(epochs=2)
+    assert schedule_progress(cfg, Progress(step=5), steps_per_epoch=10) == 0.25
+    assert schedule_progress(cfg, Progress(step=20), steps_per_epoch=10) == 1.0
+    timed = PretrainConfig(epochs=2, time_budget=100.0)
+    assert schedule_progress(timed, Progress(step=20, train_seconds=40.0), steps_per_epoch=10) == 0.4

@@ -1,0 +1,76 @@
+"""Fine-tuning: parameter groups, the LP-FT head, and what the classifier is scored on."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from core.bundles import load_current
+from core.datasets import ImageSet
+from core.home import ArtifactHome
+from core.models import Classifier, EncoderSpec, build_encoder
+from simclr.cli import main as simclr
+from training.config import FinetuneConfig, PretrainConfig
+from training.finetune import evaluation_split, finetune_groups, probe_head
+
+
+def test_finetune_scales_the_encoder_learning_rate_only() -> None:
+    spec = EncoderSpec("resnet18", 8)
+    model = Classifier(build_encoder(spec), 64, 10)
+    groups = finetune_groups(model, FinetuneConfig(lr=1e-3, encoder_lr_scale=0.1, weight_decay=1e-4))
+    encoder_params = {id(p) for p in model.encoder.parameters()}
+    for group in groups:
+        in_encoder = {id(p) in encoder_params for p in group["params"]}
+        assert len(in_encoder) == 1  # a group is all encoder or all head
+        assert group["base_lr"] == pytest.approx(1e-4 if in_encoder == {True} else 1e-3)
+        assert group["weight_decay"] == (0.0 if all(p.ndim <= 1 for p in group["params"]) else 1e-4)
+    assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
+
+
+def test_probe_head_folds_the_standardisation_into_the_layer() -> None:
+    """LP-FT's head on raw encoder outputs scores exactly as the probe does on standardised features."""
+    from training.evaluate import predict
+    from training.linear_eval import fit_linear
+
+    torch.manual_seed(0)
+    encoder = build_encoder(EncoderSpec("resnet18", 8)).eval()
+    images = torch.randint(0, 256, (60, 3, 32, 32), dtype=torch.uint8)
+    labels = torch.arange(60) % 3
+    head = probe_head(encoder, ImageSet(images, labels, ["a", "b", "c"], []), 3)
+    h = predict(encoder, images)
+    probe, mean, std = fit_linear(h, labels, 3)  # the same seed: the same fit
+    with torch.no_grad():
+        torch.testing.assert_close(head(h), probe((h - mean) / std), rtol=1e-4, atol=1e-4)
+
+
+def test_without_a_test_split_the_images_outside_the_labelled_fraction_are_scored(tmp_path: Path) -> None:
+    images = torch.arange(10, dtype=torch.uint8).view(10, 1, 1, 1).expand(10, 3, 2, 2).contiguous()
+    train = ImageSet(images, torch.arange(10) % 2, ["a", "b"], [])
+    (tmp_path / "data" / "a").mkdir(parents=True)  # a folder source without train/ and test/
+    labelled = torch.tensor([0, 3])
+    scored, split = evaluation_split(str(tmp_path / "data"), train, labelled, ArtifactHome(tmp_path), PretrainConfig(), None)
+    assert split == "held-out train"
+    assert scored.images[:, 0, 0, 0].tolist() == [1, 2, 4, 5, 6, 7, 8, 9] and scored.classes == ["a", "b"]
+    scored, split = evaluation_split(str(tmp_path / "data"), train, torch.arange(10), ArtifactHome(tmp_path), PretrainConfig(), None)
+    assert split == "train (labelled)" and len(scored) == 10  # nothing else to score on: said so
+
+
+def test_data_without_a_test_split_is_scored_and_published_as_held_out_train(
+    trained_home_copy: Path, tiny_folder: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    home = ArtifactHome(trained_home_copy)
+    common = ["--home", str(home.root)]
+    no_test = tiny_folder / "train"  # class subfolders only: a folder that is its own train split
+    simclr(["finetune", *common, "--data", str(no_test), "--epochs", "1"])
+    assert "scoring on 360 (held-out train)" in capsys.readouterr().out  # 400 images, 40 of them labelled
+    record = json.loads(home.run().finetune.read_text())
+    assert record["eval_split"] == "held-out train" and "test_split" not in record
+    assert record["data"] == str(no_test)
+    simclr(["index", *common, "--data", str(no_test), "--limit", "20"])
+    simclr(["publish", *common])
+    manifest = load_current(home).manifest
+    assert manifest.metrics_split == "held-out train"
+    assert manifest.metrics["finetune_top1"] == pytest.approx(record["metrics"]["finetune_top1"])
