@@ -18,13 +18,13 @@ from core.atomic import atomic_torch_save
 from core.datasets import DataError, ImageSet, has_split, load_split, stratified_indices
 from core.devices import pick_device, set_threads
 from core.home import ArtifactHome
-from core.models import Classifier, feature_dim
+from core.models import Classifier, feature_dim, model_outputs
 from core.runs import FinetuneRecord, RunPaths
 from training.augment import crop_flip
 from training.config import FinetuneConfig, PretrainConfig, run_config
 from training.evaluate import predict, topk_accuracy
 from training.linear_eval import fit_linear
-from training.runtime import autocast, keep_freed_memory, param_groups, warmup_cosine
+from training.runtime import autocast, keep_freed_memory, param_groups, seeded_generator, warmup_cosine
 
 
 def finetune_groups(model: Classifier, cfg: FinetuneConfig) -> list[dict[str, object]]:
@@ -49,13 +49,31 @@ def probe_head(encoder: torch.nn.Module, data: ImageSet, n_classes: int) -> torc
     classifier does.
     """
     device = data.images.device
-    h = predict(encoder, data.images, device=device)  # the encoder's raw output, eval mode
+    # The encoder's raw output in eval mode, kept on the device where the labels are (``predict``
+    # would bring it to the CPU, and the probe would then mix CPU features with CUDA labels).
+    h = torch.cat(list(model_outputs(encoder, data.images, device=device)))
     with torch.enable_grad():
         head, mean, std = fit_linear(h, data.labels, n_classes)
-    folded = torch.nn.Linear(h.shape[1], n_classes).to(device)
+    folded = torch.nn.Linear(h.shape[1], n_classes, device=device)
     folded.weight.copy_(head.weight / std)
     folded.bias.copy_(head.bias - (folded.weight * mean).sum(1))
     return folded
+
+
+def train_step(model: Classifier, optimizer: torch.optim.Optimizer, data: ImageSet, idx: torch.Tensor, cfg: FinetuneConfig,
+               generator: torch.Generator, lr_scale: float) -> torch.Tensor:
+    """One step on ``data[idx]`` with random crop + flip (+ cutout), each group at ``base_lr * lr_scale``.
+    Returns the loss on the device, unread (reading it every step would sync the host with a GPU)."""
+    for group in optimizer.param_groups:
+        group["lr"] = group["base_lr"] * lr_scale
+    x = crop_flip(data.images[idx], generator=generator, cutout=cfg.cutout).contiguous(memory_format=torch.channels_last)
+    with autocast(x.device):
+        logits = model(x)
+    loss = F.cross_entropy(logits.float(), data.labels[idx], label_smoothing=cfg.label_smoothing)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.detach()
 
 
 def train_one_epoch(
@@ -77,17 +95,8 @@ def train_one_epoch(
         if progress >= 1 and i > 0:  # a time budget ends mid-epoch, not an epoch late
             n_batches = i
             break
-        for group in optimizer.param_groups:
-            group["lr"] = group["base_lr"] * warmup_cosine(progress, 0.0)
         idx = order[i * cfg.batch_size : (i + 1) * cfg.batch_size]
-        x = crop_flip(data.images[idx], generator=generator, cutout=cfg.cutout).contiguous(memory_format=torch.channels_last)
-        with autocast(device):
-            logits = model(x)
-        loss = F.cross_entropy(logits.float(), data.labels[idx], label_smoothing=cfg.label_smoothing)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        loss_sum += loss.detach()
+        loss_sum += train_step(model, optimizer, data, idx, cfg, generator, warmup_cosine(progress, 0.0))
     return (loss_sum / n_batches).item()
 
 
@@ -101,7 +110,7 @@ def finetune(
     """Fine-tune ``encoder`` + a new linear head on ``train``; score on ``test``. Both on one device."""
     device = train.images.device
     torch.manual_seed(cfg.seed)
-    generator = torch.Generator(device=device).manual_seed(cfg.seed)
+    generator = seeded_generator(device, cfg.seed)
     start = time.perf_counter()  # the probe of LP-FT counts against a time budget too
     encoder = encoder.to(device)
     head = probe_head(encoder, train, len(train.classes)) if cfg.head_init == "probe" else None

@@ -40,7 +40,7 @@ def fit_linear(
     mean, std = train_x.mean(0, keepdim=True), train_x.std(0, keepdim=True).clamp_min(1e-6)
     x = (train_x - mean) / std
     torch.manual_seed(seed)
-    head = nn.Linear(x.shape[1], n_classes).to(x.device)
+    head = nn.Linear(x.shape[1], n_classes, device=x.device)  # made where it trains: no host copy
     opt = torch.optim.Adam(head.parameters(), lr=lr)
     for step in tqdm(range(steps), desc="linear probe", unit="step", leave=False):
         for group in opt.param_groups:

@@ -10,18 +10,29 @@ import platform
 
 import torch
 
+NATIVE_BF16_CAPABILITY = (8, 0)  # Ampere (A100, RTX 30xx) and later have bf16 tensor cores
+
 
 def bf16_supported(device: torch.device) -> bool:
-    """bf16 autocast only where the hardware does bf16 natively.
+    """bf16 autocast only where the hardware does bf16 natively; fp32 elsewhere.
 
     On CPUs without AVX512-BF16/AMX, oneDNN emulates bf16 and a ResNet step gets
-    ~10x slower than fp32 (measured on this project's AMD build machines).
+    ~10x slower than fp32 (measured on this project's AMD build machines). On CUDA
+    the compute capability of ``device`` itself decides: ``torch.cuda.is_bf16_supported()``
+    looks at the current device, not the one chosen, and counts emulation (T4, V100:
+    no bf16 tensor cores) as support.
     """
     if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
+        return torch.cuda.get_device_capability(device) >= NATIVE_BF16_CAPABILITY
     if device.type == "cpu":
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     return False
+
+
+def seeded_generator(device: torch.device, seed: int) -> torch.Generator:
+    """A generator on ``device`` seeded with ``seed``, the one way training makes its generators:
+    a random op on a device takes a generator of that device (CUDA refuses a CPU one)."""
+    return torch.Generator(device=device).manual_seed(seed)
 
 
 def autocast(device: torch.device) -> contextlib.AbstractContextManager[None]:

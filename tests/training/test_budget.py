@@ -35,3 +35,24 @@ def test_pretraining_counts_epochs_by_steps_so_the_schedule_moves_every_step() -
     assert schedule_progress(cfg, Progress(step=20), steps_per_epoch=10) == 1.0
     timed = PretrainConfig(epochs=2, time_budget=100.0)
     assert schedule_progress(timed, Progress(step=20, train_seconds=40.0), steps_per_epoch=10) == 0.4
+
+
+def test_a_decision_uses_the_agreed_clock_and_stop_flag_from_one_exchange() -> None:
+    """Under torchrun every rank decides from the same numbers: ``agree`` (one collective) returns the
+    furthest clock and whether any rank was asked to stop; progress and stopping follow from those."""
+    calls: list[tuple[float, bool]] = []
+
+    def peer_ahead(seconds: float, stop: bool) -> tuple[float, bool]:  # another rank's clock reads 45 s
+        calls.append((seconds, stop))
+        return max(seconds, 45.0), stop
+
+    b = Budget(epochs=4, seconds=60.0)
+    d = b.decide(1, 30.0, False, peer_ahead)
+    assert calls == [(30.0, False)]  # one exchange per decision
+    assert (d.seconds, d.progress, d.stop) == (45.0, 0.75, False)
+    d = b.decide(1, 30.0, False, lambda s, stop: (s, True))  # SIGTERM reached another rank
+    assert d.stop and d.stop_requested and not d.out_of_budget
+    d = b.decide(1, 30.0, False, lambda s, stop: (61.0, stop))
+    assert d.stop and d.out_of_budget and not d.stop_requested
+    alone = b.decide(1, 30.0, False)  # one process: its own clock
+    assert (alone.seconds, alone.progress, alone.stop) == (30.0, 0.5, False)

@@ -65,3 +65,20 @@ def test_warmup_cosine_values() -> None:
     assert warmup_cosine(1.0, 0.1) == pytest.approx(0.0) and warmup_cosine(2.0, 0.1) == pytest.approx(0.0)
     assert warmup_cosine(-1.0, 0.0) == 1.0 and warmup_cosine(0.5, 0.0) == pytest.approx(0.5)
     assert [round(warmup_cosine(p, 0.0), 6) for p in (0.0, 0.25, 0.75)] == [1.0, round(0.5 * (1 + 2**-0.5), 6), round(0.5 * (1 - 2**-0.5), 6)]
+
+
+def test_bf16_on_cuda_only_where_the_chosen_device_runs_it_natively(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A T4 (compute capability 7.5) or V100 (7.0) emulates bf16, slower than fp32: fp32 there. An A100 (8.0)
+    or H100 (9.0) runs it natively. The device training runs on decides, not the current one:
+    ``torch.cuda.is_bf16_supported()`` answers for the current device and counts emulation as support."""
+    import torch
+
+    from training.runtime import bf16_supported
+
+    capability = {0: (7, 5), 1: (9, 0)}  # a T4 as cuda:0 (the current device), an H100 as cuda:1
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)  # what a T4 answers
+    monkeypatch.setattr(torch.cuda, "get_device_capability",
+                        lambda device=None: capability[torch.device(device).index if device is not None else 0])
+    assert not bf16_supported(torch.device("cuda", 0))
+    assert bf16_supported(torch.device("cuda", 1))
