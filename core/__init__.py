@@ -11,5 +11,7 @@ It imports none of them; they meet here. One module owns each on-disk format:
 - ``runs``: a training run's folder and files (config.json, metrics.jsonl, finetune.json, eval/)
 - ``index_files``: the index part of a run or bundle (FAISS index, items, stored pixels)
 - ``bundles``: servable bundles: manifest, publishing, loading and validating
+- ``collection``: items added, replaced and deleted while serving: the append-only, CRC-checked,
+  fsynced log under ``<home>/collection/`` that the service writes and ``simclr export`` reads
 - ``devices``: device choice and thread counts
 """

@@ -5,6 +5,7 @@
       models/<version>/       an immutable servable bundle (``core.bundles``)
       CURRENT                 the current version's name, replaced atomically
       data/                   downloads and the decoded-image cache (``core.datasets``)
+      collection/             items added, replaced and deleted while serving (``core.collection``)
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ class ArtifactHome:
     models = property(lambda self: self.root / "models")
     data = property(lambda self: self.root / "data")
     pointer = property(lambda self: self.root / "CURRENT")
+    collection = property(lambda self: self.root / "collection")
 
     def new_run(self) -> RunPaths:
         run_id = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")

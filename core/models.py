@@ -4,6 +4,12 @@ The encoder is torchvision's ResNet with the CIFAR stem (Chen et al. 2020, B.9:
 "we replace the first 7x7 Conv of stride 2 with 3x3 Conv of stride 1, and also
 remove the first max pooling operation") and an optional base width other than
 64, which scales every stage (width 32 is a quarter of the FLOPs).
+
+Inputs of 64 px and more get the ``stride2`` stem by default (:func:`default_stem`):
+the same 3x3 conv with stride 2, so the stages see the feature maps a 32 px input
+gives the CIFAR stem (32x32 at 64 px) and cost the same; the ``pool`` stem (the
+CIFAR conv, then a 2x2 max-pool) keeps the first layer at full resolution, which
+costs more at narrow widths (benchmarks/stem_cost.py).
 """
 
 from __future__ import annotations
@@ -41,15 +47,32 @@ class EncoderSpec:
     # widens the representation for a few percent of the FLOPs, because the last
     # stage's maps are tiny, as ResNet-50's last bottleneck and MobileNetV2's last layer do.
     expand: int = 0
+    # "cifar": 3x3 conv, stride 1, no pooling (the stages run at the input's resolution);
+    # "stride2": the same conv with stride 2, "pool": it with stride 1 then a 2x2 max-pool
+    # (both: the stages at half the input's resolution). See default_stem.
+    stem: str = "cifar"
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
 
 
+STEMS = ("cifar", "stride2", "pool")
+HALVING_STEM_MIN_SIZE = 64  # default_stem's switch: inputs this size and up are halved by the stem
+
+
+def default_stem(image_size: int) -> str:
+    """The stem for ``image_size`` px inputs: ``cifar`` below 64 px, ``stride2`` from 64 px (the stages
+    then see 32x32 maps at 64 px, as the CIFAR stem's at 32 px: about the same cost; measured by
+    benchmarks/stem_cost.py, where ``pool`` cost 1.3-2.6x and the CIFAR stem 3.8-8.4x of it)."""
+    return "stride2" if image_size >= HALVING_STEM_MIN_SIZE else "cifar"
+
+
 def build_encoder(spec: EncoderSpec) -> ResNet:
-    """A ResNet with the CIFAR stem whose forward returns ``(B, feature_dim)`` pooled features."""
+    """A ResNet with the CIFAR stem (or ``spec.stem``) whose forward returns ``(B, feature_dim)`` pooled features."""
     if spec.arch not in ARCHS:
         raise ValueError(f"unknown arch {spec.arch!r}; choose from {', '.join(ARCHS)}")
+    if spec.stem not in STEMS:
+        raise ValueError(f"unknown stem {spec.stem!r}; choose from {', '.join(STEMS)}")
     block, layers = ARCHS[spec.arch]
     net = ResNet(block, layers)
     w = spec.width
@@ -61,8 +84,10 @@ def build_encoder(spec: EncoderSpec) -> ResNet:
         net.layer3 = net._make_layer(block, 4 * w, layers[2], stride=2)
         net.layer4 = net._make_layer(block, 8 * w, layers[3], stride=2)
         net.bn1 = nn.BatchNorm2d(w)
-    net.conv1 = nn.Conv2d(3, w, kernel_size=3, stride=1, padding=1, bias=False)
-    net.maxpool = nn.Identity()
+    # Every stem has the CIFAR stem's parameters (keys and shapes), so the stem must be
+    # recorded (EncoderSpec.stem: a run's config, a manifest's backbone), never inferred.
+    net.conv1 = nn.Conv2d(3, w, kernel_size=3, stride=2 if spec.stem == "stride2" else 1, padding=1, bias=False)
+    net.maxpool = nn.MaxPool2d(kernel_size=2, stride=2) if spec.stem == "pool" else nn.Identity()
     net.fc = nn.Identity()
     if spec.expand:
         # Appended to layer4 so that the other parameters keep their names.

@@ -24,7 +24,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from core.atomic import atomic_write_json
-from core.models import EncoderSpec, load_encoder
+from core.models import EncoderSpec, default_stem, load_encoder
 
 
 class FinetuneRecord(BaseModel):
@@ -74,7 +74,11 @@ class RunPaths:
 
     def encoder_spec(self) -> EncoderSpec:
         c = self.pretrain_config()
-        return EncoderSpec(arch=c["arch"], width=c["width"], image_size=c["image_size"], expand=c.get("expand", 0))
+        size = c["image_size"]
+        # "auto": the stem default_stem picks for the size; a run made before stems existed had the CIFAR stem.
+        stem = c.get("stem", "cifar")
+        return EncoderSpec(arch=c["arch"], width=c["width"], image_size=size, expand=c.get("expand", 0),
+                           stem=default_stem(size) if stem == "auto" else stem)
 
     # encoder.pt
     def load_encoder(self) -> Any:

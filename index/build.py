@@ -18,21 +18,30 @@ from core.runs import RunPaths
 from index.faiss_index import EXACT, build_index
 
 
+def embed_items(encoder: torch.nn.Module, images: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Embeddings of uint8 ``images`` (on the CPU, moved batch by batch) with ``encoder`` on ``device``,
+    brought back to the CPU once, at the end, for FAISS."""
+    encoder = encoder.to(device).to(memory_format=torch.channels_last)
+    vectors = embed(encoder, images, device=device, progress=functools.partial(tqdm, desc="embedding", unit="batch", leave=False))
+    return vectors.cpu()
+
+
 def main(run: RunPaths, data_dir: Path, data: str | None = None, split: str = "test", limit: int | None = None,
-         device: str | None = None) -> dict[str, float]:
+         device: str = "auto") -> dict[str, float]:
     """Index ``split`` of ``data`` (default: the run's data; its train split if it has no test split)
-    into ``run``'s ``index/``; ``data_dir`` holds downloads and the decoded-image cache."""
+    into ``run``'s ``index/``; ``data_dir`` holds downloads and the decoded-image cache.
+
+    ``device``: ``--device``, as every stage that computes takes it (``auto``: CUDA when there is
+    one), not the device the run was pretrained on, which another machine may not have."""
     set_threads()
     cfg = run.pretrain_config()
     src = data or cfg["data"]
     if not has_split(src, split):
         split = "train"
     items = load_split(src, split, data_dir=data_dir, image_size=cfg["image_size"], limit=limit, seed=cfg["seed"])
-    dev = pick_device(device or cfg.get("device", "auto"))
-    encoder = run.load_encoder().to(dev).to(memory_format=torch.channels_last)
     t = time.perf_counter()
-    vectors = embed(encoder, items.images, device=dev, progress=functools.partial(tqdm, desc="embedding", unit="batch", leave=False))
-    index = build_index(vectors.cpu().numpy())
+    vectors = embed_items(run.load_encoder(), items.images, pick_device(device))
+    index = build_index(vectors.numpy())
     labelled = bool(items.classes) and bool((items.labels >= 0).any())
     write_index_dir(
         run.index_dir,

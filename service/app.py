@@ -29,10 +29,11 @@ from starlette.concurrency import run_in_threadpool
 from core.home import ArtifactHome
 from service import metrics, model_thread
 from service.batching import Batcher, Batchers
+from service.collection import follow
 from service.fastpath import DirectRoutes
 from service.limits import BodyLimitMiddleware
 from service.metrics import Metrics, MetricsMiddleware
-from service.routes import admin, classify, health, images, neighbors
+from service.routes import admin, classify, embed, health, images, items, neighbors
 from service.settings import Settings
 from service.state import ModelStore
 from service.threads import set_threads, threads_per_worker
@@ -84,7 +85,7 @@ def make_batchers(settings: Settings, app_metrics: Metrics | None = None) -> Bat
     forward pass, with ``settings.torch_threads``."""
     executor = ThreadPoolExecutor(1, thread_name_prefix="model", initializer=set_threads, initargs=(settings.torch_threads,))
     size, wait = settings.max_batch_size, settings.max_batch_wait_ms / 1000
-    fns = {"classify": model_thread.classify, "neighbors": model_thread.embed_and_search}
+    fns = {"classify": model_thread.classify, "neighbors": model_thread.embed_and_search, "embed": model_thread.embed}
     return Batchers(
         {
             kind: Batcher(fn, executor, max_size=size, max_wait=wait, on_batch=app_metrics.batch_observer(kind) if app_metrics else None)
@@ -116,9 +117,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if store.bundle is None:
             log.warning("not ready: %s", store.unavailable_detail())
         poller = asyncio.create_task(poll_current(store, settings.reload_interval)) if settings.reload_interval > 0 else None
+        follower = asyncio.create_task(follow(store.collection))  # other processes' writes (service.collection)
         yield
         if poller is not None:
             poller.cancel()
+        follower.cancel()
         await batchers.close()
 
     app = FastAPI(
@@ -136,15 +139,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(Exception, unhandled_error)
     # Added first = innermost: see service.fastpath. The routes come from our routers themselves:
     # FastAPI >= 0.16x keeps an included router as one wrapper entry in app.router.routes.
-    app.add_middleware(DirectRoutes, routes=[*classify.router.routes, *neighbors.router.routes])
+    app.add_middleware(DirectRoutes, routes=[*classify.router.routes, *neighbors.router.routes, *embed.router.routes])
     app.add_middleware(BodyLimitMiddleware, max_upload_bytes=settings.max_upload_bytes)
     if settings.cors_origins:
         app.add_middleware(
-            CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"], allow_headers=["*"]
+            CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST", "DELETE"], allow_headers=["*"]
         )
     app.add_middleware(MetricsMiddleware, metrics=app_metrics)  # added last = outermost: sees every answer
     # The throughput routes first: the router tries routes in order, and every miss costs a match.
-    for module in (classify, neighbors, health, images, admin, metrics):
+    for module in (classify, neighbors, embed, health, images, items, admin, metrics):
         app.include_router(module.router)
 
     @app.get("/", include_in_schema=False)

@@ -13,6 +13,7 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, Request
 
 from core.bundles import LoadedBundle
+from service.collection import View
 from service.settings import Settings
 from service.state import ModelStore
 
@@ -42,3 +43,18 @@ async def get_bundle(store: StoreDep) -> LoadedBundle:
 
 
 BundleDep = Annotated[LoadedBundle, Depends(get_bundle)]
+
+
+def served_view(store: ModelStore) -> View:
+    """The store's view (the bundle with the collection), taken once for a request's whole life; 503 if none."""
+    view = store.view
+    if view is None:
+        raise HTTPException(status_code=503, detail=store.unavailable_detail())
+    return view
+
+
+async def get_view(store: StoreDep) -> View:
+    return served_view(store)
+
+
+ViewDep = Annotated[View, Depends(get_view)]

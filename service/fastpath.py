@@ -8,7 +8,7 @@ Three pieces, each measured, each doing by hand what FastAPI would do genericall
 - :func:`serving`: what such a route needs from the app state (bundle, settings,
   batchers), read directly instead of through ``Depends``;
 - :func:`receive_upload`: the multipart file field parsed as the body streams in,
-  instead of FastAPI's ``UploadFile``.
+  instead of FastAPI's ``UploadFile`` (:func:`receive_form`: with a few small text fields).
 
 Plus the helpers these routes then need to behave like FastAPI routes to clients:
 :func:`int_query` (a query parameter validated, 422 worded like the app's validation
@@ -188,6 +188,36 @@ class _FilePart:
             self.chunks.append(data[start:end])
 
 
+class _FormParts(_FilePart):
+    """A file part as :class:`_FilePart` keeps it, plus the named text fields (sent as plain
+    values or as files), each refused over ``text_limit`` bytes."""
+
+    def __init__(self, field: str, limit: int, text_fields: Iterable[str], text_limit: int) -> None:
+        super().__init__(field, limit)
+        self.text_fields, self.text_limit = {f.encode(): f for f in text_fields}, text_limit
+        self.texts: dict[str, bytearray] = {}
+        self._text: bytearray | None = None
+        self._text_name = ""
+
+    def _headers_finished(self) -> None:
+        super()._headers_finished()
+        self._text = None
+        if self._in_field:
+            return
+        _, params = parse_options_header(self._headers.get(b"content-disposition", b""))
+        name = self.text_fields.get(params.get(b"name", b""))
+        if name is not None and name not in self.texts:  # the first part of a name counts, as for the file
+            self._text, self._text_name = self.texts.setdefault(name, bytearray()), name
+
+    def _part_data(self, data: bytes, start: int, end: int) -> None:
+        if self._text is None:
+            super()._part_data(data, start, end)
+            return
+        if len(self._text) + end - start > self.text_limit:
+            raise HTTPException(422, f"invalid request: form field `{self._text_name}`: over the limit of {self.text_limit} bytes")
+        self._text += data[start:end]
+
+
 async def receive_upload(request: Request, limit: int, field: str = "file") -> bytes:
     """The bytes of the multipart file field ``field``, parsed as the body streams in.
 
@@ -198,11 +228,30 @@ async def receive_upload(request: Request, limit: int, field: str = "file") -> b
     arrive. Errors read like FastAPI's own: 422 when the field is missing or
     not a file, 413 over ``limit``, 400 for an empty upload or a broken body.
     """
+    return await _receive(request, _FilePart(field, limit), field)
+
+
+async def receive_form(request: Request, limit: int, text_fields: Iterable[str], text_limit: int = 1 << 16,
+                       field: str = "file") -> tuple[bytes, dict[str, str]]:
+    """:func:`receive_upload` 's file bytes, and the small text fields ``text_fields`` that came with
+    them (absent ones left out), decoded as UTF-8. A text field may also be sent as a file (``curl -F
+    payload=@meta.json``). 422 for a text field over ``text_limit`` bytes or not UTF-8."""
+    part = _FormParts(field, limit, text_fields, text_limit)
+    data = await _receive(request, part, field)
+    texts = {}
+    for name, raw in part.texts.items():
+        try:
+            texts[name] = raw.decode()
+        except UnicodeDecodeError as e:
+            raise HTTPException(422, f"invalid request: form field `{name}`: not UTF-8 text ({e.reason})") from e
+    return data, texts
+
+
+async def _receive(request: Request, part: _FilePart, field: str) -> bytes:
     ctype, params = parse_options_header(request.headers.get("content-type", ""))
     boundary = params.get(b"boundary")
     if ctype != b"multipart/form-data" or not boundary:
         raise HTTPException(422, f"invalid request: form field `{field}`: an image upload is required (multipart/form-data)")
-    part = _FilePart(field, limit)
     parser = MultipartParser(boundary, part.callbacks())  # type: ignore[arg-type]
     try:
         async for chunk in request.stream():

@@ -68,4 +68,5 @@ def for_serving(bundle: LoadedBundle, neighbor_table_max_items: int = 20_000) ->
     table = None
     if 0 < bundle.index.ntotal <= neighbor_table_max_items:
         table = neighbor_table(bundle.index, MAX_K + 1)  # + 1: the item itself, dropped from answers
-    return replace(bundle, encoder=freeze(bundle.encoder, size), classifier=freeze(bundle.classifier, size), id_neighbors=table)
+    classifier = freeze(bundle.classifier, size) if bundle.classifier is not None else None  # None: trained without labels
+    return replace(bundle, encoder=freeze(bundle.encoder, size), classifier=classifier, id_neighbors=table)

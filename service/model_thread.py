@@ -7,8 +7,9 @@ models) and the batch's items, and answers one result per item, in order, or the
 HTTPException of an upload that does not decode: that request fails, not its batch.
 
 - :func:`classify`: softmax probabilities over all classes (POST /classify)
-- :func:`embed_and_search`: the best hits of each upload's embedding in the index (POST /neighbors)
-- :func:`embed`: unit embeddings, for a route that answers the embedding itself
+- :func:`embed_and_search`: the best hits of each upload's embedding in the index, or in the
+  view of the index and the collection the request took (POST /neighbors)
+- :func:`embed`: unit embeddings (POST /embed; POST /items stores them)
 
 Every forward pass normalises its input with the bundle manifest's ``normalization``
 (the statistics the models were trained with), and embeddings are
@@ -29,6 +30,7 @@ from fastapi import HTTPException
 from core import models
 from core.bundles import LoadedBundle
 from index.faiss_index import search
+from service.collection import View
 from service.decoding import DecodedBatch, Upload, decode_batch
 
 
@@ -40,6 +42,8 @@ def _decode(bundle: LoadedBundle, uploads: Sequence[Upload]) -> DecodedBatch:
 def _probabilities(bundle: LoadedBundle, pixels: np.ndarray) -> np.ndarray:
     """``(B, C)`` softmax probabilities of uint8 ``(B, 3, H, W)`` pixels: one forward pass."""
     norm = bundle.manifest.normalization
+    if bundle.classifier is None:  # the route answers 409 before submitting; never reached
+        raise RuntimeError(f"model {bundle.version} has no classifier")
     logits = bundle.classifier(models.normalize(torch.from_numpy(pixels), norm.mean, norm.std))
     return logits.float().softmax(dim=1).numpy()
 
@@ -65,13 +69,26 @@ def embed(bundle: LoadedBundle, uploads: Sequence[Upload]) -> list[np.ndarray | 
     return batch.answers(list(_embeddings(bundle, batch.pixels)) if batch.rows else [])
 
 
-def embed_and_search(bundle: LoadedBundle, items: Sequence[tuple[Upload, int]]) -> list[tuple[np.ndarray, np.ndarray] | HTTPException]:
+def embed_and_search(
+    bundle: LoadedBundle, items: Sequence[tuple[Upload, int] | tuple[Upload, int, View]]
+) -> list[tuple[np.ndarray, np.ndarray] | HTTPException]:
     """``(scores, ids)`` of the best ``k`` hits for each ``(upload, k)``, or the upload's error if it
     does not decode: one forward pass and one search for the whole batch (the largest k, each
-    query's prefix of it)."""
-    batch = _decode(bundle, [upload for upload, _ in items])
+    query's prefix of it). An ``(upload, k, view)`` is searched in that view of ``bundle``, with the
+    collection's added items and without its deleted ones (``service.collection.View.search``)."""
+    batch = _decode(bundle, [item[0] for item in items])
     if not batch.rows:
         return batch.answers([])
-    ks = [items[i][1] for i in batch.rows]
-    scores, ids = search(bundle.index, _embeddings(bundle, batch.pixels), max(ks))
-    return batch.answers([(scores[j, :k], ids[j, :k]) for j, k in enumerate(ks)])
+    queries = [items[i] for i in batch.rows]
+    ks = [q[1] for q in queries]
+    vectors = _embeddings(bundle, batch.pixels)
+    plain = [j for j, q in enumerate(queries) if len(q) == 2]
+    results: list[tuple[np.ndarray, np.ndarray]] = [None] * len(queries)  # type: ignore[list-item]
+    if plain:
+        scores, ids = search(bundle.index, vectors if len(plain) == len(queries) else vectors[plain], max(ks[j] for j in plain))
+        for row, j in enumerate(plain):
+            results[j] = (scores[row, : ks[j]], ids[row, : ks[j]])
+    for j, q in enumerate(queries):
+        if len(q) == 3:
+            results[j] = q[2].search(vectors[j], q[1])
+    return batch.answers(results)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import BaseModel, Field
 
 from core.bundles import Manifest
@@ -31,13 +33,41 @@ class Neighbor(BaseModel):
     label: str | None = Field(description="class name, null for an unlabelled item")
     score: float = Field(description="inner product of unit embeddings = cosine similarity")
     image_url: str
-    source: str
+    source: str = Field(description="the trainer's file for an indexed image; `items/<id>` for an added one")
+    payload: dict[str, Any] | None = Field(
+        None, description="the item's payload: an added item's own (null if none), `{source, label}` for the trainer's images"
+    )
 
 
 class NeighborsResponse(BaseModel):
     model_version: str
     query: NeighborQuery
     neighbors: list[Neighbor] = Field(description="most similar first")
+
+
+class ItemWritten(BaseModel):
+    id: int = Field(description="the item's id: the one sent, or the one the service assigned")
+    model_version: str = Field(description="the version the item is now searched under")
+
+
+class Item(BaseModel):
+    id: int
+    payload: dict[str, Any] | None = Field(description="the item's JSON object (null if it has none)")
+    image_url: str
+    model_version: str
+
+
+class ItemSummary(BaseModel):
+    id: int
+    payload: dict[str, Any] | None
+
+
+class ItemPage(BaseModel):
+    model_version: str
+    total: int = Field(description="live items in all")
+    offset: int
+    limit: int
+    items: list[ItemSummary] = Field(description="in id order: items offset .. offset + limit - 1 of the live ones")
 
 
 class Health(BaseModel):
@@ -61,7 +91,13 @@ class ReloadResult(BaseModel):
 class ModelInfo(Manifest):
     """The served bundle's manifest, plus ``model_version`` like every other answer."""
 
+    model_version: str  # and the manifest's has_classifier: false for a model trained without labels (POST /classify: 409)
+
+
+class EmbedResponse(BaseModel):
     model_version: str
+    dim: int = Field(description="the embedding's length")
+    embedding: list[float] = Field(description="the unit vector (L2 norm 1) the index would hold for the image: inner product = cosine")
 
 
 # For the `responses=` of routes, so /docs lists the error statuses too.

@@ -32,6 +32,8 @@ class Settings(BaseSettings):
     max_batch_wait_ms: float = Field(5.0, ge=0, description="how long a batch waits for more requests to join, in ms")
     # Bearer token for /admin/*; unset (or empty) = admin endpoints disabled (403).
     admin_token: SecretStr | None = Field(None, description="bearer token of /admin/*; unset = admin disabled")
+    # Bearer token of the collection's writes (POST /items, DELETE /items/{id}); unset (or empty) = writes disabled (403).
+    write_token: SecretStr | None = Field(None, description="bearer token of POST/DELETE /items; unset = writes disabled")
     log_level: str = "info"
     # FastAPI's native OpenTelemetry (spans, metrics and logs to the global OTel providers).
     # Off by default: /metrics is this service's telemetry, and FastAPI checks for configured
@@ -49,10 +51,11 @@ class Settings(BaseSettings):
             env[f"SIMCLR_{name.upper()}"] = json.dumps(value) if isinstance(value, list) else str(value)
         return env
 
-    @field_validator("admin_token", mode="before")
+    @field_validator("admin_token", "write_token", mode="before")
     @classmethod
     def _blank_token_is_none(cls, value: Any) -> Any:
-        # SIMCLR_ADMIN_TOKEN="" (compose's ${SIMCLR_ADMIN_TOKEN:-}) must disable admin, not accept an empty token.
+        # SIMCLR_ADMIN_TOKEN="" (compose's ${SIMCLR_ADMIN_TOKEN:-}) must disable admin, not accept an empty token;
+        # the same for SIMCLR_WRITE_TOKEN and writes.
         if isinstance(value, str) and not value.strip():
             return None
         return value

@@ -5,6 +5,12 @@ uses only that reference until it answers. Replacing the attribute is a single
 assignment, atomic under the GIL, so a reload can swap bundles while requests
 are in flight: they finish on the old one, which is freed when the last of
 them lets go.
+
+Requests that search or read items take ``store.view`` instead: the bundle with the
+collection of added and deleted items (``service.collection``), replaced whole the same
+way on every write, on other processes' writes and on a new version. A new version's
+view is installed together with its bundle, once the collection's items are embedded
+with its encoder (``LiveCollection.switch``).
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import threading
 
 from core.bundles import LoadedBundle, load_bundle
 from core.home import ArtifactHome
+from service.collection import LiveCollection, View
 from service.frozen import for_serving
 
 log = logging.getLogger("service")
@@ -28,6 +35,8 @@ class ModelStore:
         self.home = home
         self.neighbor_table_max_items = neighbor_table_max_items  # see service.frozen.for_serving
         self.bundle: LoadedBundle | None = None
+        self.view: View | None = None  # the bundle with the collection; set before ``bundle`` (``_install``)
+        self.collection = LiveCollection(home.collection, self._install)
         self.error: str | None = None  # why the version CURRENT names is not the one served
         self.refused_version: str | None = None  # the version ``error`` is about
         self.reloads = 0  # bundles swapped in (the first load included), for /metrics
@@ -53,15 +62,24 @@ class ModelStore:
             self._tried = version
             try:
                 bundle = for_serving(load_bundle(self.home.bundle_dir(version)), self.neighbor_table_max_items)
+                # The collection's items embedded with the new encoder, then its view and the bundle installed.
+                self.collection.switch(bundle)
             except Exception as e:  # noqa: BLE001 - BundleError mostly; a reload must never kill the service
                 self.error, self.refused_version = f"model {version} could not be loaded: {e}", version
                 self.refusals += 1
                 log.error("%s; still serving %s", self.error, self.bundle.version if self.bundle else "nothing")
                 return False
-            self.bundle, self.error, self.refused_version = bundle, None, None
+            self.error, self.refused_version = None, None
             self.reloads += 1
             log.info("serving model %s (%d indexed images)", version, bundle.index.ntotal)
             return True
+
+    def _install(self, view: View) -> None:
+        """Make ``view`` (and its bundle) the one requests take. Called by the collection, under its lock,
+        so views are installed in the order they were made; the view first, so that a request that
+        reads ``bundle`` never finds a view of an older one."""
+        self.view = view
+        self.bundle = view.bundle
 
     def unavailable_detail(self) -> str:
         """What a 503 says when there is no bundle: the load error if there was one."""

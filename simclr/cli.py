@@ -1,4 +1,4 @@
-"""The ``simclr`` command: pretrain, finetune, evaluate, report, index, publish, refresh, serve.
+"""The ``simclr`` command: pretrain, finetune, evaluate, report, index, publish, refresh, serve, export.
 
 The top of the project: the one module that imports training, index and service.
 Heavy imports (torch, faiss, the service) happen inside each subcommand, so
@@ -18,6 +18,8 @@ from training.config import PRESETS, FinetuneConfig, PretrainConfig, with_overri
 
 P, F = PretrainConfig(), FinetuneConfig()
 EVAL_GROUPS = ("linear", "finetune", "random", "supervised", "knn")  # training.evaluation_suite.GROUPS, without importing torch
+STEMS = ("auto", "cifar", "stride2", "pool")  # "auto" and core.models.STEMS, without importing torch
+MIN_IMAGE_SIZE = 16  # the ResNet's last stage is then 2x2 with the CIFAR stem
 
 
 def duration(text: str) -> float:
@@ -42,6 +44,21 @@ def positive_int(text: str) -> int:
     return value
 
 
+def image_size(text: str) -> int:
+    value = int(text)
+    if value < MIN_IMAGE_SIZE:
+        raise argparse.ArgumentTypeError(f"must be >= {MIN_IMAGE_SIZE} pixels, got {value}")
+    return value
+
+
+# One rule for every stage that computes (pretrain, finetune, evaluate, index; refresh passes it to each).
+DEVICE_HELP = "where to compute: auto (CUDA when there is one, else the CPU), cpu, cuda, cuda:1 (default: auto)"
+
+
+def add_device(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", help=DEVICE_HELP)
+
+
 def add_home(p: argparse.ArgumentParser) -> None:
     p.add_argument("--home", default=None, help="artifacts folder (default: $SIMCLR_HOME or ./artifacts)")
 
@@ -51,8 +68,9 @@ def add_data(p: argparse.ArgumentParser, required_default: str | None = "cifar10
     p.add_argument(
         "--data",
         default=default,
-        help="'cifar10' (torchvision download) or an image folder, ImageFolder layout with train/ and test/ "
-        f"(default: $SIMCLR_DATA or {required_default})",
+        help="'cifar10' (torchvision download) or an image folder: ImageFolder layout with train/<class>/ and test/<class>/, "
+        "or any folder of images without train/ and test/ (all training data; without class subfolders there are no labels: "
+        f"no classifier is trained) (default: $SIMCLR_DATA or {required_default})",
     )
 
 
@@ -64,6 +82,15 @@ def add_pretrain_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--width", type=positive_int, help=f"ResNet base width; 32 is a quarter of the FLOPs (default: {P.width})")
     g.add_argument("--expand", type=non_negative_int,
                    help=f"channels of a 1x1 conv + BN + ReLU before pooling, the feature size (0: none, 8 x width features; default: {P.expand})")
+    g.add_argument("--image-size", type=image_size,
+                   help="side in pixels that images are resized and centre-cropped to, for training, the index and uploads: "
+                   "32 suits CIFAR-10, 64 photos (from 64 px a stride-2 stem keeps the cost near 32 px's; a preset's --crop-size "
+                   "scales with it) "
+                   f"(default: {P.image_size})")
+    g.add_argument("--stem", choices=STEMS,
+                   help="the encoder's first layer: cifar (3x3 conv, stride 1), stride2 (the same with stride 2: half the "
+                   "feature-map side, about a quarter of the cost), pool (cifar then a 2x2 max-pool: half the side, the first "
+                   f"layer at full resolution); auto: cifar below 64 px, stride2 from 64 px (default: {P.stem})")
     g.add_argument("--epochs", type=positive_int, help=f"pretraining epochs (default: {P.epochs})")
     g.add_argument("--time-budget", type=duration, help="fit the schedule to this wall-clock time instead of epochs, e.g. 90m (default: none)")
     g.add_argument("--batch-size", type=positive_int, help=f"images per step, two views each (default: {P.batch_size})")
@@ -77,7 +104,7 @@ def add_pretrain_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--knn-bank", type=positive_int, help="train images in the kNN monitor's memory bank (default: all)")
     g.add_argument("--knn-every", type=int, help=f"epochs between kNN accuracy checks, 0 for never (default: {P.knn_every})")
     g.add_argument("--seed", type=int, help=f"(default: {P.seed})")
-    g.add_argument("--device", help=f"auto, cpu, cuda, cuda:1 (default: {P.device})")
+    g.add_argument("--device", help=DEVICE_HELP)
     g.add_argument("--compile", action="store_true", default=None, help="torch.compile the model: ~1 min to compile, faster steps (default: off)")
     g.add_argument("--sync-bn", action="store_true", default=None, help="SyncBatchNorm across torchrun processes (default: off)")
 
@@ -104,14 +131,18 @@ def resolve(base: Any, preset: dict[str, Any], flags: dict[str, Any]) -> Any:
 
 
 def pretrain_config(a: argparse.Namespace) -> PretrainConfig:
-    return resolve(P, PRESETS.get(a.preset or "", {}).get("pretrain", {}), vars(a))
+    preset = dict(PRESETS.get(a.preset or "", {}).get("pretrain", {}))
+    size = getattr(a, "image_size", None)
+    if size and "crop_size" in preset:  # a preset's view size is for 32 px images: the same fraction of other sizes
+        preset["crop_size"] = max(1, round(preset["crop_size"] * size / P.image_size))
+    return resolve(P, preset, vars(a))
 
 
 def finetune_config(a: argparse.Namespace) -> FinetuneConfig:
     flags = {
         "epochs": a.ft_epochs, "time_budget": a.ft_time_budget, "label_fraction": a.label_fraction, "lr": a.ft_lr,
         "encoder_lr_scale": a.encoder_lr_scale, "label_smoothing": a.label_smoothing, "head_init": a.head_init,
-        "cutout": a.cutout,
+        "cutout": a.cutout, "device": a.device,
     }  # fmt: skip
     return resolve(F, PRESETS.get(a.preset or "", {}).get("finetune", {}), flags)
 
@@ -145,7 +176,7 @@ def cmd_index(a: argparse.Namespace) -> None:
     from index import build
 
     home = ArtifactHome(a.home)
-    build.main(home.run(a.run), home.data, data=a.data, split=a.split, limit=a.limit)
+    build.main(home.run(a.run), home.data, data=a.data, split=a.split, limit=a.limit, device=a.device or "auto")
 
 
 def cmd_publish(a: argparse.Namespace) -> None:
@@ -153,8 +184,26 @@ def cmd_publish(a: argparse.Namespace) -> None:
     from training.publish import publish_run
 
     home = ArtifactHome(a.home)
-    version = publish_run(home, home.run(a.run), make_current=not a.no_current)
+    run = home.run(a.run)
+    version = publish_run(home, run, make_current=not a.no_current)
     print(f"published {version} -> {home.bundle_dir(version)}")
+    if not run.classifier.exists():
+        print(f"run {run.run_id} was not fine-tuned: the model has no classifier (POST /classify answers 409); "
+              f"`simclr finetune --run {run.run_id} --data DIR` on a folder with class subfolders, then publish, adds one")
+
+
+def missing_labels(home: Any, run: Any) -> str | None:
+    """Why the run's training images cannot fine-tune a classifier, or None if they can (each has a class)."""
+    from core.datasets import load_split
+    from training.config import run_config
+
+    cfg = run_config(run)
+    train = load_split(cfg.data, "train", data_dir=home.data, image_size=cfg.image_size, limit=cfg.limit, seed=cfg.seed)
+    if train.labelled:
+        return None
+    if not train.classes:
+        return f"{cfg.data} has no class subfolders, so its images have no labels"
+    return f"{int((train.labels < 0).sum())} of the {len(train)} training images of {cfg.data} are not in a class subfolder"
 
 
 def cmd_refresh(a: argparse.Namespace) -> None:
@@ -167,8 +216,14 @@ def cmd_refresh(a: argparse.Namespace) -> None:
     run = pretrain.main(pretrain_config(a), home)
     if run is None:  # torchrun's other ranks: rank 0 fine-tunes, indexes and publishes
         return
-    finetune.main(finetune_config(a), home, run)
-    build.main(run, home.data, limit=a.limit)
+    why = missing_labels(home, run)
+    if why is None:
+        finetune.main(finetune_config(a), home, run)
+    else:
+        print(f"skipping fine-tuning: {why}. The model is published without a classifier: it serves embeddings and "
+              "neighbours, and POST /classify answers 409. For a classifier, put the images in one subfolder per class "
+              "(DIR/train/<class>/) and run `simclr refresh --data DIR`")
+    build.main(run, home.data, limit=a.limit, device=a.device or "auto")
     version = publish_run(home, run)
     print(f"published {version}; a running `simclr serve --home {home.root}` picks it up")
 
@@ -178,7 +233,8 @@ def cmd_evaluate(a: argparse.Namespace) -> None:
     from training import evaluation_suite
 
     groups = evaluation_suite.parse_groups(a.rows)
-    cfg = resolve(F, PRESETS.get(a.preset or "", {}).get("finetune", {}), {"epochs": a.epochs, "time_budget": a.time_budget})
+    flags = {"epochs": a.epochs, "time_budget": a.time_budget, "device": a.device}
+    cfg = resolve(F, PRESETS.get(a.preset or "", {}).get("finetune", {}), flags)
     home = ArtifactHome(a.home)
     evaluation_suite.main(cfg, home, home.run(a.run), groups, data=a.data, limit=a.limit)
 
@@ -195,6 +251,21 @@ def cmd_serve(a: argparse.Namespace) -> None:
     from service import serve
 
     serve.main(a)
+
+
+def cmd_export(a: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from core.collection import CollectionError
+    from core.home import ArtifactHome
+    from index.export import EMBEDDINGS_FILE, ITEMS_FILE, export
+
+    try:
+        done = export(ArtifactHome(a.home), Path(a.out))
+    except CollectionError as e:
+        sys.exit(f"simclr export: error: {e}")
+    print(f"exported {done.count} items ({done.added} added to the collection, {done.reembedded} of them embedded now) of model "
+          f"{done.version}: {Path(a.out) / EMBEDDINGS_FILE} (float32, {done.count} x {done.dim}), {Path(a.out) / ITEMS_FILE}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -217,6 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", help="run id (default: the newest run)")
     p.add_argument("--limit", type=positive_int, help="at most N images per split (default: the run's)")
     p.add_argument("--preset", choices=sorted(PRESETS), help="take fine-tuning settings from a preset")
+    add_device(p)
     add_finetune_flags(p, prefix="")
     p.set_defaults(func=cmd_finetune)
 
@@ -226,6 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", help="run id (default: the newest run)")
     p.add_argument("--split", default="test", choices=["train", "test"], help="split to index (default: test)")
     p.add_argument("--limit", type=positive_int, help="at most N images (default: all)")
+    add_device(p)
     p.set_defaults(func=cmd_index)
 
     p = sub.add_parser("publish", help="pack a run into an immutable model bundle and make it current")
@@ -234,7 +307,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-current", action="store_true", help="write the bundle but leave the current pointer")
     p.set_defaults(func=cmd_publish)
 
-    p = sub.add_parser("refresh", help="pretrain, fine-tune, index and publish: a new model for the running service")
+    p = sub.add_parser("refresh", help="pretrain, fine-tune (when every image has a class subfolder), index and publish: "
+                       "a new model for the running service")
     add_home(p)
     add_data(p)
     add_pretrain_flags(p)
@@ -253,6 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--time-budget", type=duration, help="wall-clock time of every end-to-end row instead, e.g. 25m (default: none)")
     p.add_argument("--preset", choices=sorted(PRESETS), help="take the end-to-end rows' settings from a preset (default: none)")
     p.add_argument("--limit", type=positive_int, help="at most N images per split (default: the run's)")
+    add_device(p)
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("report", help="write runs/<id>/report/REPORT.md: the seed's table beside ours, loss, accuracy and neighbour figures")
@@ -263,6 +338,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="the HTTP service over the current model bundle (the same as `python -m service`)")
     serve.add_arguments(p)
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("export", help="write the current version's items (the indexed images and the collection's): "
+                       "embeddings.npy (float32, N x D) and items.jsonl ({id, payload} per row, same order)")
+    add_home(p)
+    p.add_argument("--out", required=True, help="folder to write embeddings.npy, items.jsonl and export.json into")
+    p.set_defaults(func=cmd_export)
     return parser
 
 

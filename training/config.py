@@ -22,6 +22,8 @@ class PretrainConfig:
     width: int = 64
     image_size: int = 32
     expand: int = 0  # channels of a 1x1 expansion before pooling (core.models.EncoderSpec; 0: none)
+    # "cifar", "stride2", "pool" (core.models.STEMS), or "auto": cifar below 64 px, stride2 from 64 px (core.models.default_stem)
+    stem: str = "auto"
     # Side of the augmented views; None: image_size. The random resized crop zooms in
     # anyway, and a view's cost scales with its pixels (24 px: 0.56x of 32 px).
     crop_size: int | None = None
@@ -51,9 +53,10 @@ class PretrainConfig:
 
     @property
     def encoder_spec(self) -> EncoderSpec:
-        from core.models import EncoderSpec
+        from core.models import EncoderSpec, default_stem
 
-        return EncoderSpec(self.arch, self.width, self.image_size, self.expand)
+        stem = default_stem(self.image_size) if self.stem == "auto" else self.stem
+        return EncoderSpec(self.arch, self.width, self.image_size, self.expand, stem)
 
     @property
     def budget(self) -> Budget:
@@ -149,4 +152,6 @@ def with_overrides(cfg: Any, overrides: dict[str, Any]) -> Any:
 
 def run_config(run: RunPaths) -> PretrainConfig:
     """The pretraining config a run was made with (its ``config.json``)."""
-    return PretrainConfig(**run.pretrain_config())
+    saved = run.pretrain_config()
+    saved.setdefault("stem", "cifar")  # a run made before stems existed had the CIFAR stem (as RunPaths.encoder_spec)
+    return PretrainConfig(**saved)

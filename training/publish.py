@@ -1,21 +1,22 @@
-"""The ``publish`` stage: a finished run (encoder, classifier, index) -> a servable bundle."""
+"""The ``publish`` stage: a finished run (encoder, index, and a classifier if it was fine-tuned) -> a servable bundle."""
 
 from __future__ import annotations
 
 from core.bundles import publish_bundle
 from core.home import ArtifactHome
 from core.runs import FinetuneRecord, RunPaths
-from training.config import run_config
 
 
-def run_metrics(run: RunPaths) -> tuple[FinetuneRecord, dict[str, float]]:
-    """The run's fine-tune record and the metrics it has measured: fine-tune accuracy, last kNN, loss."""
+def run_metrics(run: RunPaths) -> tuple[FinetuneRecord | None, dict[str, float]]:
+    """The run's fine-tune record (None for a run that was not fine-tuned: it publishes without a
+    classifier) and the metrics it has measured: fine-tune accuracy, last kNN, loss."""
     record = run.read_finetune()
-    if record is None or not run.classifier.exists():
-        raise FileNotFoundError(f"run {run.run_id} has no fine-tuned classifier; run `simclr finetune --run {run.run_id}`")
+    if (record is None) != (not run.classifier.exists()):  # a fine-tune that stopped between its two files
+        have, lacks = (run.classifier.name, run.finetune.name) if record is None else (run.finetune.name, run.classifier.name)
+        raise FileNotFoundError(f"run {run.run_id} has {have} but no {lacks}; run `simclr finetune --run {run.run_id}` again")
     if not run.index_dir.exists():
         raise FileNotFoundError(f"run {run.run_id} has no index; run `simclr index --run {run.run_id}`")
-    metrics = {k: float(v) for k, v in record.metrics.items()}
+    metrics = {k: float(v) for k, v in record.metrics.items()} if record is not None else {}
     history = run.metrics_history()
     if history:
         last = history[-1]
@@ -28,18 +29,25 @@ def run_metrics(run: RunPaths) -> tuple[FinetuneRecord, dict[str, float]]:
 
 
 def publish_run(home: ArtifactHome, run: RunPaths, make_current: bool = True) -> str:
-    """Pack ``run`` into ``models/<version>/`` (refused if its index and classifier disagree); returns the version."""
-    cfg = run_config(run)
+    """Pack ``run`` into ``models/<version>/`` (refused if its index and classifier disagree); returns the version.
+
+    A run that was not fine-tuned (data without labels) publishes a bundle without a classifier:
+    it serves embeddings and neighbours, and ``/classify`` answers 409.
+    """
     record, metrics = run_metrics(run)
+    if record is not None:
+        split = record.eval_split
+    else:  # no classifier: the only accuracy is pretraining's kNN monitor, which runs on the test split
+        split = "test" if "knn_top1" in metrics else "none"
     return publish_bundle(
         home,
         encoder_file=run.encoder,
-        classifier_file=run.classifier,
+        classifier_file=run.classifier if record is not None else None,
         index_dir=run.index_dir,
-        spec=cfg.encoder_spec,
-        class_names=record.classes,
+        spec=run.encoder_spec(),
+        class_names=record.classes if record is not None else [],
         metrics=metrics,
-        metrics_split=record.eval_split,
+        metrics_split=split,
         run_id=run.run_id,
         make_current=make_current,
     )

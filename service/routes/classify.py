@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, HTTPException, Request, Response
 
 from core.bundles import LoadedBundle
 from service.decoding import prepare_upload
@@ -13,6 +13,15 @@ from service.schemas import ClassifyResponse, Prediction, errors
 # The throughput route: see service.fastpath for what DirectRoute saves per request.
 router = APIRouter(tags=["model"], route_class=DirectRoute)
 TOP_K = 3
+
+
+def no_classifier(bundle: LoadedBundle) -> str:
+    """What 409 says for a model without a classifier: why, and how to get one."""
+    return (
+        f"model {bundle.version} has no classifier: it was trained on images without labels, so it serves embeddings and "
+        "neighbours but cannot classify. To train one, put the images in one subfolder per class (DIR/train/<class>/*.jpg) "
+        "and run `simclr finetune --data DIR` then `simclr publish`, or `simclr refresh --data DIR`"
+    )
 
 
 def top_predictions(bundle: LoadedBundle, probs: np.ndarray, top_k: int) -> list[Prediction]:
@@ -26,16 +35,19 @@ def top_predictions(bundle: LoadedBundle, probs: np.ndarray, top_k: int) -> list
 @router.post(
     "/classify",
     response_model=ClassifyResponse,
-    responses=errors(400, 413, 415, 422, 503),
+    responses=errors(400, 409, 413, 415, 422, 503),
     openapi_extra={
         **UPLOAD_BODY,
         "parameters": [int_parameter("top_k", TOP_K, 1, "how many classes to return, 1..number of classes")],
     },
 )
 async def classify(request: Request) -> Response:
-    """Classify an uploaded image with the fine-tuned head; probabilities are a softmax over all classes."""
+    """Classify an uploaded image with the fine-tuned head; probabilities are a softmax over all classes.
+    409 for a model without a classifier (trained without labels: `/model` says `has_classifier: false`)."""
     now = serving(request)  # the bundle this request answers with, whatever a reload does meanwhile
     bundle, settings = now.bundle, now.settings
+    if bundle.classifier is None:
+        raise HTTPException(409, no_classifier(bundle))
     n_classes = len(bundle.manifest.class_names)
     top_k = int_query(request, "top_k", TOP_K, 1, n_classes, " (the number of classes)")
     data = await receive_upload(request, settings.max_upload_bytes)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, HTTPException
 
+from core.bundles import DERIVED
 from service.deps import BundleDep, StoreDep
 from service.schemas import Health, ModelInfo, Ready, errors
 
@@ -31,5 +32,6 @@ async def readyz(store: StoreDep) -> Ready:
 
 @router.get("/model", response_model=ModelInfo, responses=errors(503))
 async def model(bundle: BundleDep) -> ModelInfo:
-    """The served bundle's manifest: backbone, classes, metrics, index, weight fingerprints."""
-    return ModelInfo(**bundle.manifest.model_dump(), model_version=bundle.version)
+    """The served bundle's manifest: backbone, classes, metrics, index, weight fingerprints; ``has_classifier``
+    is false for a model trained without labels (no ``class_names``; POST /classify answers 409)."""
+    return ModelInfo(**bundle.manifest.model_dump(exclude=DERIVED), model_version=bundle.version)

@@ -1,4 +1,4 @@
-"""GET /images/{id}: an indexed image as PNG, from the pixels stored in the bundle."""
+"""GET /images/{id}: an item's image as PNG, from the pixels stored in the bundle or the collection."""
 
 from __future__ import annotations
 
@@ -6,11 +6,11 @@ import io
 from typing import Annotated
 
 import numpy as np
-from fastapi import APIRouter, Path, Query, Request, Response
+from fastapi import APIRouter, HTTPException, Path, Query, Request, Response
 from PIL import Image
 from starlette.concurrency import run_in_threadpool
 
-from service.deps import BundleDep
+from service.deps import ViewDep
 from service.routes.neighbors import check_id
 from service.schemas import errors
 
@@ -36,19 +36,26 @@ def png(chw: np.ndarray, size: int | None) -> bytes:
     responses={200: {"content": {"image/png": {}}, "description": "PNG"}, **errors(404, 422, 503)},
 )
 async def image(
-    bundle: BundleDep,
+    view: ViewDep,
     request: Request,
-    item_id: Annotated[int, Path(description="an indexed image's id")],
+    item_id: Annotated[int, Path(description="an item's id: an indexed image's or an added one's")],
     size: Annotated[int | None, Query(ge=32, le=512, description="scale for display (nearest), 32..512 px")] = None,
 ) -> Response:
-    """An indexed image. The same id is a different image in another model version, so the
-    ETag carries the version and caches must revalidate (no-cache) rather than reuse blindly."""
-    check_id(bundle, item_id)
-    etag = f'"{bundle.version}-{item_id}-{size or 0}"'
+    """An item's image: an indexed one's stored pixels, an added one's stored copy (64 px for a 32 px
+    model, see ``core.collection``). The same id is a different image in another model version or
+    after a replace, so the ETag says which and caches must revalidate (no-cache) rather than reuse blindly."""
+    bundle = view.bundle
+    if view.plain:
+        check_id(bundle, item_id)
+        pixels, which = bundle.pixels[item_id], f"{bundle.version}-{item_id}"
+    elif view.has(item_id):
+        pixels, which = view.image(item_id)  # an added item's: one pread of a few KB
+    else:
+        raise HTTPException(404, f"no item with id {item_id}")
+    etag = f'"{which}-{size or 0}"'
     headers = {"ETag": etag, "Cache-Control": "public, no-cache"}
     if etag in (tag.strip() for tag in request.headers.get("if-none-match", "").split(",")):
         return Response(status_code=304, headers=headers)
-    pixels = bundle.pixels[item_id]
     # Native size encodes in ~0.1 ms, cheaper inline than a thread hop; upscaled ones in a thread.
     body = png(pixels, None) if size is None else await run_in_threadpool(png, pixels, size)
     return Response(body, media_type="image/png", headers=headers)

@@ -1,4 +1,9 @@
-"""GET /neighbors (by indexed id) and POST /neighbors (by upload): the most similar indexed images."""
+"""GET /neighbors (by item id) and POST /neighbors (by upload): the most similar items.
+
+Items are the bundle's indexed images and the collection's added ones (``service.collection``):
+each route takes the store's view once, and runs its code of before the collection when the
+view is ``plain`` (nothing added or deleted), the view's merged search otherwise.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +11,13 @@ from typing import Annotated
 
 import numpy as np
 from fastapi import APIRouter, HTTPException, Query, Request, Response
+from starlette.concurrency import run_in_threadpool
 
 from core.bundles import LoadedBundle
 from index.faiss_index import reconstruct, search
+from service.collection import INLINE_MACS, View, added_source
 from service.decoding import prepare_upload
-from service.deps import BundleDep
+from service.deps import ViewDep
 from service.fastpath import UPLOAD_BODY, DirectRoute, int_parameter, int_query, json_response, receive_upload, serving
 from service.frozen import MAX_K
 from service.schemas import Neighbor, NeighborQuery, NeighborsResponse, errors
@@ -28,22 +35,31 @@ def check_id(bundle: LoadedBundle, item_id: int) -> None:
         raise HTTPException(404, f"no indexed image with id {item_id}; ids are 0..{size - 1}")
 
 
-def hits(bundle: LoadedBundle, scores: np.ndarray, ids: np.ndarray, k: int, exclude: int | None = None) -> list[Neighbor]:
-    """One query's search results ``(scores, ids)``, best first, as at most k neighbours without ``exclude``."""
-    names = bundle.manifest.class_names
+def hits(bundle: LoadedBundle, scores: np.ndarray, ids: np.ndarray, k: int, exclude: int | None = None,
+         view: View | None = None) -> list[Neighbor]:
+    """One query's search results ``(scores, ids)``, best first, as at most k neighbours without ``exclude``.
+    ``view``: the view they were searched in, when it is not plain (added items are described from it)."""
+    names = bundle.label_names  # the classifier's classes, or a model without one: its index's (core.bundles)
+    added = view.added if view is not None else {}
     out = []
     for score, i in zip(scores.tolist(), ids.tolist()):
         # Dropped by id, not by rank: a duplicate image can tie with the query and come first.
         if i < 0 or i == exclude or len(out) == k:
             continue
+        item = added.get(i)
+        if item is not None:
+            out.append(Neighbor(id=i, label=None, score=score, image_url=f"/images/{i}", source=added_source(i), payload=item.record.payload))
+            continue
         label = int(bundle.labels[i])
+        name, source = names[label] if label >= 0 else None, bundle.sources[i]
         out.append(
             Neighbor(
                 id=i,
-                label=names[label] if label >= 0 else None,
+                label=name,
                 score=score,
                 image_url=f"/images/{i}",
-                source=bundle.sources[i],
+                source=source,
+                payload={"source": source, "label": name},
             )
         )
     return out
@@ -57,11 +73,14 @@ def neighbors(bundle: LoadedBundle, query: np.ndarray, k: int, exclude: int | No
 
 @router.get("/neighbors", response_model=NeighborsResponse, responses=errors(404, 422, 503))
 async def neighbors_of_id(
-    bundle: BundleDep,
-    item_id: Annotated[int, Query(alias="id", description="an indexed image's id, 0..index size - 1")],
+    view: ViewDep,
+    item_id: Annotated[int, Query(alias="id", description="an item's id: an indexed image's (0..index size - 1) or an added one's")],
     k: Annotated[int, K] = DEFAULT_K,
 ) -> NeighborsResponse:
-    """The k indexed images most similar to indexed image ``id``, not counting itself."""
+    """The k items most similar to item ``id``, not counting itself."""
+    bundle = view.bundle
+    if not view.plain:
+        return await collection_neighbors_of_id(view, item_id, k)
     check_id(bundle, item_id)
     if bundle.id_neighbors is not None:  # precomputed at load for small indexes (service.frozen)
         scores, ids = bundle.id_neighbors
@@ -73,18 +92,35 @@ async def neighbors_of_id(
     return NeighborsResponse(model_version=bundle.version, query=NeighborQuery(id=item_id), neighbors=found)
 
 
+async def collection_neighbors_of_id(view: View, item_id: int, k: int) -> NeighborsResponse:
+    """GET /neighbors?id= over a view with added or deleted items (``View.neighbors_of``)."""
+    if not view.has(item_id):
+        raise HTTPException(404, f"no item with id {item_id}")
+    if view.neighbors_macs(item_id, k) <= INLINE_MACS:  # the table's hits and a few added vectors: cheaper than a thread hop
+        scores, ids = view.neighbors_of(item_id, k)
+    else:  # a search over the index or many added vectors: not on the event loop
+        scores, ids = await run_in_threadpool(view.neighbors_of, item_id, k)
+    found = hits(view.bundle, scores, ids, k, exclude=item_id, view=view)
+    return NeighborsResponse(model_version=view.bundle.version, query=NeighborQuery(id=item_id), neighbors=found)
+
+
 async def neighbors_of_upload(request: Request) -> Response:
     """The k indexed images most similar to an uploaded one, embedded by the SimCLR encoder."""
-    now = serving(request)  # the bundle this request answers with, whatever a reload does meanwhile
-    bundle, settings = now.bundle, now.settings
+    now = serving(request)  # 503 while no model is loaded
+    view = request.app.state.store.view  # the bundle and collection this request answers with, whatever changes meanwhile
+    bundle, settings = view.bundle, now.settings
     k = int_query(request, "k", DEFAULT_K, 1, MAX_K)
     data = await receive_upload(request, settings.max_upload_bytes)
     batcher = now.batchers["neighbors"]
     with batcher.incoming():  # a batch being formed waits for this request meanwhile
         upload = await prepare_upload(data, bundle.manifest.image_size, settings.max_image_pixels)
     # decoded, embedded and searched with concurrent requests (model_thread.embed_and_search)
-    scores, ids = await batcher.submit(bundle, (upload, k))
-    return json_response(NeighborsResponse(model_version=bundle.version, query=NeighborQuery(), neighbors=hits(bundle, scores, ids, k)))
+    if view.plain:
+        scores, ids = await batcher.submit(bundle, (upload, k))
+        return json_response(NeighborsResponse(model_version=bundle.version, query=NeighborQuery(), neighbors=hits(bundle, scores, ids, k)))
+    scores, ids = await batcher.submit(bundle, (upload, k, view))
+    found = hits(bundle, scores, ids, k, view=view)
+    return json_response(NeighborsResponse(model_version=bundle.version, query=NeighborQuery(), neighbors=found))
 
 
 # An upload route, like /classify: a DirectRoute (service.fastpath), so FastAPI documents it but

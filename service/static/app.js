@@ -6,6 +6,7 @@ const K = 12; // neighbours shown
 const $ = (id) => document.getElementById(id);
 let modelVersion = null;
 let indexSize = 0;
+let hasClassifier = true; // false for a model trained without labels: no classes panel, no /classify
 let latest = 0; // only the newest search may draw its answer
 
 async function api(path, options) {
@@ -25,6 +26,9 @@ async function loadModel() {
   const model = await api("model");
   modelVersion = model.model_version;
   indexSize = model.index.size;
+  hasClassifier = model.has_classifier !== false;
+  $("classes").hidden = !hasClassifier;
+  if (!hasClassifier) $("predictions").replaceChildren();
   $("model-version").textContent = modelVersion;
   $("index-size").textContent = indexSize.toLocaleString();
   $("random").disabled = indexSize === 0;
@@ -93,16 +97,21 @@ function showNeighbors(neighbors) {
   );
 }
 
-// Runs one search; draws its answers only if no newer search started meanwhile.
-async function search(describe, work) {
+// Runs one search: its neighbours, and its classes when the model has a classifier (classify()
+// answers null when it has not); draws the answers only if no newer search started meanwhile.
+async function search(describe, classify, neighbours) {
   const mine = ++latest;
   status(`Searching ${describe}…`);
   try {
-    const [classified, found] = await work();
+    const [classified, found] = await Promise.all([hasClassifier ? classify() : null, neighbours()]);
     if (mine !== latest) return;
-    showPredictions(classified.predictions);
     showNeighbors(found.neighbors);
-    status(`Top ${classified.predictions.length} classes and ${found.neighbors.length} nearest neighbours of ${describe}.`);
+    if (classified) {
+      showPredictions(classified.predictions);
+      status(`Top ${classified.predictions.length} classes and ${found.neighbors.length} nearest neighbours of ${describe}.`);
+    } else {
+      status(`${found.neighbors.length} nearest neighbours of ${describe}.`);
+    }
     if (found.model_version !== modelVersion) await loadModel(); // a new model was published meanwhile
   } catch (err) {
     if (mine === latest) status(`Could not search: ${err.message}`, true);
@@ -111,19 +120,20 @@ async function search(describe, work) {
 
 function searchById(id) {
   showQuery(`images/${id}?size=96`, `Indexed image #${id}`, String(id));
-  return search(`image #${id}`, () =>
-    Promise.all([
-      // Classify the indexed image's own pixels (lossless PNG), as if uploaded.
-      fetch(`images/${id}`).then((r) => r.blob()).then((png) => api("classify", uploadForm(png, `${id}.png`))),
-      api(`neighbors?id=${id}&k=${K}`),
-    ]),
+  return search(
+    `image #${id}`,
+    // Classify the indexed image's own pixels (lossless PNG), as if uploaded.
+    () => fetch(`images/${id}`).then((r) => r.blob()).then((png) => api("classify", uploadForm(png, `${id}.png`))),
+    () => api(`neighbors?id=${id}&k=${K}`),
   );
 }
 
 function searchByUpload(file) {
   showQuery(URL.createObjectURL(file), `Uploaded ${file.name}`, "upload");
-  return search(file.name, () =>
-    Promise.all([api("classify", uploadForm(file, file.name)), api(`neighbors?k=${K}`, uploadForm(file, file.name))]),
+  return search(
+    file.name,
+    () => api("classify", uploadForm(file, file.name)),
+    () => api(`neighbors?k=${K}`, uploadForm(file, file.name)),
   );
 }
 

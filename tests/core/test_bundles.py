@@ -115,3 +115,58 @@ def test_old_manifests_say_their_metrics_are_on_the_test_split(tmp_path: Path) -
     assert manifest["metrics_split"] == "test"
     del manifest["metrics_split"]  # as written before metrics_split existed
     assert Manifest.model_validate(manifest).metrics_split == "test"
+
+
+def test_a_model_without_classifier_publishes_and_loads(tmp_path: Path) -> None:
+    spec = EncoderSpec(width=8)
+    run = random_run(tmp_path, spec, [-1] * 6, [])
+    (run / "classifier.pt").unlink()
+    home = ArtifactHome(run / "home")
+    version = publish_bundle(home, encoder_file=run / "encoder.pt", classifier_file=None, index_dir=run / "index", spec=spec,
+                             class_names=[], metrics={}, metrics_split="none")
+    bundle_dir = home.models / version
+    loaded = load_bundle(bundle_dir)
+    assert loaded.classifier is None and not loaded.manifest.has_classifier and loaded.manifest.class_names == []
+    assert set(loaded.manifest.weights) == {"encoder"} and not (bundle_dir / "classifier.pt").exists()
+    assert loaded.label_names == [] and (loaded.labels == -1).all() and home.current_version() == version
+    assert "has_classifier" not in json.loads((bundle_dir / MANIFEST_FILE).read_text())  # derived: answered, not stored
+
+
+def test_a_bundle_claiming_classes_must_have_the_classifier_and_vice_versa(tmp_path: Path) -> None:
+    spec = EncoderSpec(width=8)
+    run = random_run(tmp_path, spec, [-1] * 6, [])
+    kw = {"encoder_file": run / "encoder.pt", "index_dir": run / "index", "spec": spec, "metrics": {}}
+    home = ArtifactHome(run / "home")
+    with pytest.raises(BundleError, match="class names"):
+        publish_bundle(home, classifier_file=None, class_names=["a", "b"], **kw)
+    with pytest.raises(BundleError, match="class names"):
+        publish_bundle(home, classifier_file=run / "classifier.pt", class_names=[], **kw)
+    assert not home.models.exists() or not list(home.models.iterdir())
+
+    labelled = publish_bundle(home, classifier_file=run / "classifier.pt", class_names=["a", "b"], **kw)
+    path = home.models / labelled
+    manifest = json.loads((path / MANIFEST_FILE).read_text())
+    no_fingerprint = {**manifest, "weights": {"encoder": manifest["weights"]["encoder"]}}
+    (path / MANIFEST_FILE).write_text(json.dumps(no_fingerprint))
+    with pytest.raises(BundleError, match="names 2 classes but has no classifier"):
+        load_bundle(path)
+    (path / MANIFEST_FILE).write_text(json.dumps({**no_fingerprint, "class_names": []}))
+    with pytest.raises(BundleError, match="has classifier.pt but"):  # a classifier the manifest does not vouch for
+        load_bundle(path)
+    (path / "classifier.pt").unlink()
+    assert load_bundle(path).classifier is None
+    (path / MANIFEST_FILE).write_text(json.dumps({**manifest, "class_names": []}))
+    with pytest.raises(BundleError, match="at least 2 class names"):
+        load_bundle(path)
+    (path / MANIFEST_FILE).write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="lacks classifier.pt"):
+        load_bundle(path)
+
+
+def test_the_stem_is_recorded_and_old_manifests_mean_the_cifar_stem(tmp_path: Path) -> None:
+    spec = EncoderSpec(width=8, stem="stride2")
+    home, version = publish(random_run(tmp_path, spec, [0, 1] * 3, ["a", "b"]), spec, ["a", "b"])
+    manifest = json.loads((home.models / version / MANIFEST_FILE).read_text())
+    assert manifest["backbone"]["stem"] == "stride2" and load_bundle(home.models / version).manifest.encoder_spec == spec
+    del manifest["backbone"]["stem"]  # as written before stems existed
+    assert Manifest.model_validate(manifest).encoder_spec == EncoderSpec(width=8, stem="cifar")

@@ -18,7 +18,12 @@ def test_run_files_read_back_what_was_written(tmp_path: Path) -> None:
     run.dir.mkdir()
     assert run.metrics_history() == [] and run.eval_rows() == {} and run.read_finetune() is None
     run.write_config({"arch": "resnet18", "width": 8, "image_size": 32, "expand": 96, "data": "x"})
-    assert run.encoder_spec() == EncoderSpec("resnet18", 8, 32, 96)
+    assert run.encoder_spec() == EncoderSpec("resnet18", 8, 32, 96)  # written before stems: the CIFAR stem
+    run.write_config({"arch": "resnet18", "width": 8, "image_size": 64, "data": "x"})
+    assert run.encoder_spec().stem == "cifar"  # even at 64 px: a run made before stems had no other
+    run.write_config({"arch": "resnet18", "width": 8, "image_size": 64, "stem": "auto", "data": "x"})
+    assert run.encoder_spec() == EncoderSpec("resnet18", 8, 64, 0, "stride2")
+    run.write_config({"arch": "resnet18", "width": 8, "image_size": 32, "expand": 96, "data": "x"})
     run.append_metrics({"epoch": 1, "loss": 5.0})
     run.append_metrics({"epoch": 2, "loss": 4.0})
     assert [h["epoch"] for h in run.metrics_history()] == [1, 2]

@@ -136,3 +136,11 @@ def ops_server(bundle: Bundle, tmp_path_factory: pytest.TempPathFactory) -> Iter
     s = start_server(tmp / "home", tmp / "server.log", SIMCLR_ADMIN_TOKEN=TOKEN, SIMCLR_CORS_ORIGINS=UI, SIMCLR_RELOAD_INTERVAL="0")
     yield s
     stop_server(s)
+
+
+@pytest.fixture(scope="session")
+def label_free_server(label_free_home, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """The default server over ``label_free_home`` (tests/conftest.py): a 64 px model trained without labels, no classifier."""
+    s = start_server(label_free_home.home, tmp_path_factory.mktemp("label-free-logs") / "server.log")
+    yield s
+    stop_server(s)

@@ -48,13 +48,15 @@ def test_healthz_readyz_model(client: httpx.Client, bundle) -> None:
     assert model["model_version"] == model["version"] == bundle.version
     assert model["class_names"] == CLASS_NAMES
     assert model["image_size"] == 32 and model["index"]["size"] == len(bundle.images)
-    assert model["backbone"] == {"arch": "resnet18", "width": 8, "expand": 0}
+    assert model["backbone"] == {"arch": "resnet18", "width": 8, "expand": 0, "stem": "cifar"}
+    assert model["has_classifier"] is True
 
 
 def test_docs_and_openapi(client: httpx.Client) -> None:
     assert "swagger" in client.get("/docs").text.lower()
     spec = client.get("/openapi.json").json()
-    assert {"/classify", "/neighbors", "/images/{item_id}", "/healthz", "/readyz", "/model", "/metrics", "/admin/reload"} <= set(spec["paths"])
+    documented = {"/classify", "/neighbors", "/embed", "/images/{item_id}", "/healthz", "/readyz", "/model", "/metrics", "/admin/reload"}
+    assert documented <= set(spec["paths"])
     assert "ClassifyResponse" in spec["components"]["schemas"]
     classify = spec["paths"]["/classify"]["post"]  # a DirectRoute: documented by hand, answered like the rest
     assert [p["name"] for p in classify["parameters"]] == ["top_k"]

@@ -116,3 +116,35 @@ def test_web_page(browser: WebDriver, server: Server, client: httpx.Client, bund
 
     errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE" and "415" not in e["message"]]
     assert not errors, errors
+
+
+def neighbours_only(driver: WebDriver, query: str) -> bool:
+    """The page shows ``query``'s neighbours and, the model having no classifier, no classes."""
+    return (
+        driver.find_element(By.ID, "query").get_attribute("data-query") == query
+        and len(driver.find_elements(By.CSS_SELECTOR, "#neighbors li button")) == 12
+        and text(driver, "#status").startswith("12 nearest neighbours")
+    )
+
+
+def test_web_page_of_a_model_without_classifier(browser: WebDriver, label_free_server: Server, tmp_path: Path) -> None:
+    wait = WebDriverWait(browser, WAIT_S)
+    version = httpx.get(label_free_server.url + "/model").json()["model_version"]
+    browser.get(label_free_server.url + "/")
+    wait.until(lambda d: text(d, "#model-version") == version)
+    assert not browser.find_element(By.ID, "classes").is_displayed()  # the classes panel is hidden
+
+    wait.until(lambda d: d.find_element(By.ID, "random").is_enabled())
+    browser.find_element(By.ID, "random").click()
+    wait.until(lambda d: (d.find_element(By.ID, "query").get_attribute("data-query") or "").isdigit())
+    query = browser.find_element(By.ID, "query").get_attribute("data-query")
+    wait.until(lambda d: neighbours_only(d, query))
+    assert all(b.find_element(By.CSS_SELECTOR, ".label").text == "unlabelled" for b in browser.find_elements(By.CSS_SELECTOR, "#neighbors li button"))
+
+    upload = tmp_path / "holiday.png"
+    upload.write_bytes(encode(photo(120, 90), "PNG"))
+    browser.find_element(By.ID, "file").send_keys(str(upload))
+    wait.until(lambda d: neighbours_only(d, "upload"))
+    assert not browser.find_elements(By.CSS_SELECTOR, "#predictions li") and not browser.find_element(By.ID, "classes").is_displayed()
+    errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+    assert not errors, errors  # /classify (409) is never called

@@ -23,6 +23,7 @@ def test_negative_expansion_is_refused_by_the_cli(capsys: pytest.CaptureFixture[
     ("--width", "0", "must be >= 1, got 0"),
     ("--batch-size", "-5", "must be >= 1, got -5"),
     ("--time-budget", "soon", "not a duration: 'soon'"),
+    ("--image-size", "8", "must be >= 16 pixels, got 8"),
 ])  # fmt: skip
 def test_bad_pretrain_flags_are_refused_before_anything_runs(
     flag: str, value: str, says: str, capsys: pytest.CaptureFixture[str], tmp_path: Path
@@ -60,9 +61,49 @@ def test_a_preset_then_the_flags_given() -> None:
     assert refresh.epochs == 3 and pretrain_config(parser.parse_args(["refresh", "--ft-epochs", "3", "--epochs", "7"])).epochs == 7
 
 
+def test_image_size_and_stem_and_a_presets_view_size_scaled_to_the_image() -> None:
+    parser = build_parser()
+    cpu64 = pretrain_config(parser.parse_args(["refresh", "--preset", "cpu", "--image-size", "64"]))
+    assert cpu64.image_size == 64 and cpu64.crop_size == 48 and cpu64.encoder_spec.stem == "stride2"  # the preset's 24 px at 32
+    assert pretrain_config(parser.parse_args(["pretrain", "--preset", "cpu"])).crop_size == 24
+    given = pretrain_config(parser.parse_args(["pretrain", "--preset", "cpu", "--image-size", "64", "--crop-size", "40", "--stem", "cifar"]))
+    assert given.crop_size == 40 and given.encoder_spec.stem == "cifar"
+    assert pretrain_config(parser.parse_args(["pretrain"])).encoder_spec.stem == "cifar"
+
+
 def test_help_imports_nothing_heavy() -> None:
     """``simclr --help`` answers at once: building the parser imports no torch, FAISS, FastAPI or matplotlib."""
     code = ("import sys; from simclr.cli import build_parser; build_parser(); "
             "print(sorted(m for m in ('torch', 'faiss', 'fastapi', 'matplotlib', 'numpy') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=Path(__file__).resolve().parents[2])
     assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("given", [[], ["--device", "cuda:1"]])
+def test_every_stage_that_computes_takes_device_and_refresh_passes_it_to_each(
+    given: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One ``--device`` rule (default auto) for pretrain, finetune, evaluate and index. ``refresh --device cuda:1``
+    once pretrained there and fine-tuned and indexed wherever the default put them."""
+    from core.home import ArtifactHome
+    from core.runs import RunPaths
+    from index import build
+    from simclr import cli
+    from training import evaluation_suite, finetune, pretrain, publish
+
+    seen: dict[str, str] = {}
+    run = RunPaths(tmp_path / "run")
+    monkeypatch.setattr(pretrain, "main", lambda cfg, home, run_=None: seen.__setitem__("pretrain", cfg.device) or run)
+    monkeypatch.setattr(finetune, "main", lambda cfg, home, run_, **kw: seen.__setitem__("finetune", cfg.device))
+    monkeypatch.setattr(evaluation_suite, "main", lambda cfg, home, run_, groups, **kw: seen.__setitem__("evaluate", cfg.device))
+    monkeypatch.setattr(build, "main", lambda run_, data_dir, device, **kw: seen.__setitem__("index", device))
+    monkeypatch.setattr(publish, "publish_run", lambda home, run_, **kw: "v1")
+    monkeypatch.setattr(cli, "missing_labels", lambda home, run_: None)
+    monkeypatch.setattr(ArtifactHome, "run", lambda self, run_id=None: run)
+    want = given[-1] if given else "auto"
+    simclr(["refresh", "--home", str(tmp_path), "--data", str(tmp_path), *given])
+    assert seen == {"pretrain": want, "finetune": want, "index": want}
+    seen.clear()
+    for stage in ("finetune", "evaluate", "index"):
+        simclr([stage, "--home", str(tmp_path), *given])
+    assert seen == {"finetune": want, "evaluate": want, "index": want}

@@ -79,3 +79,16 @@ def test_cutout_blanks_one_square_per_image() -> None:
         assert mask[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1].all()  # one rectangle
     assert torch.equal(crop_flip(images(4), generator=torch.Generator().manual_seed(1)),
                        crop_flip(images(4), generator=torch.Generator().manual_seed(1), cutout=0))
+
+
+def test_64_px_views_and_crop_flip_scale_with_the_image() -> None:
+    big = torch.randint(0, 256, (8, 3, 64, 64), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    v = simclr_views(big, torch.Generator().manual_seed(0))
+    assert v.shape == (8, 3, 64, 64) and v.std(dim=0).mean() > 0
+    assert simclr_views(big, torch.Generator().manual_seed(0), size=48).shape == (8, 3, 48, 48)
+    # The supervised crop's padding is an eighth of the side: shifts of up to 4 px at 32 px, 8 px at 64 px.
+    for side in (32, 64):
+        white = torch.full((256, 3, side, side), 255, dtype=torch.uint8)
+        out = crop_flip(white, generator=torch.Generator().manual_seed(0))
+        padded = (out == 0).all(dim=1).all(dim=1).sum(dim=1)  # columns of each sample that are all padding
+        assert out.shape == white.shape and padded.max() == side // 8

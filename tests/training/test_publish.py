@@ -11,6 +11,7 @@ from PIL import Image
 
 from core.bundles import BundleError, load_current
 from core.home import ArtifactHome
+from core.index_files import read_index_classes
 from simclr.cli import main as simclr
 from training.publish import publish_run
 
@@ -65,3 +66,20 @@ def test_a_run_without_classifier_or_index_says_which_stage_to_run(trained_home_
     run.classifier.unlink()
     with pytest.raises(FileNotFoundError, match="simclr finetune"):
         publish_run(home, run)
+
+
+def test_a_run_that_was_not_fine_tuned_publishes_a_model_without_classifier(trained_home_copy: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    home = ArtifactHome(trained_home_copy)
+    run = home.run()
+    run.finetune.unlink()
+    with pytest.raises(FileNotFoundError, match="has classifier.pt but no finetune.json"):  # a fine-tune cut short
+        publish_run(home, run)
+    run.classifier.unlink()
+    simclr(["publish", "--home", str(home.root)])
+    assert "no classifier" in capsys.readouterr().out
+    bundle = load_current(home)
+    assert bundle is not None and bundle.classifier is None and not bundle.manifest.has_classifier
+    assert bundle.manifest.class_names == [] and "classifier" not in bundle.manifest.weights
+    # Its index (the labelled test split) keeps its labels: neighbours still name their classes.
+    assert bundle.label_names == read_index_classes(run.index_dir) and len(bundle.label_names) == 10 and (bundle.labels >= 0).all()
+    assert bundle.manifest.metrics_split == "test" and "knn_top1" in bundle.manifest.metrics  # pretraining's kNN monitor
