@@ -6,13 +6,13 @@ No token configured: admin is disabled (403). Missing or wrong token: 401 with
 
 from __future__ import annotations
 
-import hmac
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, HTTPException
+from fastapi import APIRouter, Depends
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.concurrency import run_in_threadpool
 
+from service.auth import check_bearer
 from service.deps import SettingsDep, StoreDep
 from service.schemas import ReloadResult, errors
 
@@ -25,11 +25,7 @@ bearer = HTTPBearer(auto_error=False, description="the SIMCLR_ADMIN_TOKEN of the
 async def require_admin(
     settings: SettingsDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
 ) -> None:
-    if settings.admin_token is None:
-        raise HTTPException(403, DISABLED)
-    given = credentials.credentials.encode() if credentials is not None else b""
-    if not hmac.compare_digest(given, settings.admin_token.get_secret_value().encode()):
-        raise HTTPException(401, UNAUTHORIZED, headers={"WWW-Authenticate": "Bearer"})
+    check_bearer(settings.admin_token, credentials, disabled=DISABLED, unauthorized=UNAUTHORIZED)
 
 
 router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(require_admin)])

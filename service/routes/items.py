@@ -12,7 +12,6 @@ writes are disabled (403, saying how to enable them); a missing or wrong token i
 
 from __future__ import annotations
 
-import hmac
 import re
 from typing import Annotated, Any
 
@@ -22,6 +21,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.concurrency import run_in_threadpool
 
 from core.collection import MAX_ID, MAX_PAYLOAD_BYTES, CollectionError, PayloadError, parse_payload, stored_sizes
+from service.auth import check_bearer
 from service.decoding import prepare_copies
 from service.deps import SettingsDep, StoreDep, ViewDep, served_view
 from service.fastpath import receive_form
@@ -39,11 +39,7 @@ bearer = HTTPBearer(auto_error=False, description="the SIMCLR_WRITE_TOKEN of the
 async def require_write(
     settings: SettingsDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
 ) -> None:
-    if settings.write_token is None:
-        raise HTTPException(403, DISABLED)
-    given = credentials.credentials.encode() if credentials is not None else b""
-    if not hmac.compare_digest(given, settings.write_token.get_secret_value().encode()):
-        raise HTTPException(401, UNAUTHORIZED, headers={"WWW-Authenticate": "Bearer"})
+    check_bearer(settings.write_token, credentials, disabled=DISABLED, unauthorized=UNAUTHORIZED)
 
 
 router = APIRouter(tags=["items"])

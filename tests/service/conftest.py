@@ -138,9 +138,12 @@ def ops_server(bundle: Bundle, tmp_path_factory: pytest.TempPathFactory) -> Iter
     stop_server(s)
 
 
+LABEL_FREE_TOKEN = "label-free-writes"
+
+
 @pytest.fixture(scope="session")
 def label_free_server(label_free_home, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """The default server over ``label_free_home`` (tests/conftest.py): a 64 px model trained without labels, no classifier."""
-    s = start_server(label_free_home.home, tmp_path_factory.mktemp("label-free-logs") / "server.log")
+    s = start_server(label_free_home.home, tmp_path_factory.mktemp("label-free-logs") / "server.log", SIMCLR_WRITE_TOKEN=LABEL_FREE_TOKEN)
     yield s
     stop_server(s)

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import LABEL_FREE_TOKEN
 from core.bundles import load_current
 from core.datasets import load_split
 from core.home import ArtifactHome
@@ -70,3 +71,24 @@ def test_a_label_free_model_serves_embeddings_and_neighbours(label_free_home, la
     r = httpx.post(label_free_server.url + "/classify", files={"file": ("x.png", chw_png(pixels[0]), "image/png")})
     assert r.status_code == 409 and list(r.json()) == ["detail"]
     assert httpx.get(label_free_server.url + "/readyz").json()["model_version"] == bundle.version
+
+
+def test_a_label_free_model_takes_items_and_finds_them(label_free_home, label_free_server: Server) -> None:
+    """The issue's flow on a model trained without labels: add (with a payload), search, get, delete."""
+    version = ArtifactHome(label_free_home.home).current_version()
+    mine = encode(photo(120, 90), "PNG")
+    with SimCLRClient(label_free_server.url, token=LABEL_FREE_TOKEN) as client:
+        added = client.add(mine, payload={"album": "holiday"})
+        assert added.model_version == version
+        try:
+            top = client.neighbors(image=mine, k=3).neighbors[0]
+            assert top.id == added.id and top.score == pytest.approx(1, abs=1e-4) and top.payload == {"album": "holiday"}
+            assert client.get(added.id).payload == {"album": "holiday"}
+            by_id = client.neighbors(id=added.id, k=3).neighbors  # an added item is a query by id too
+            assert len(by_id) == 3 and added.id not in [n.id for n in by_id]
+        finally:
+            client.delete(added.id)
+        assert added.id not in [n.id for n in client.neighbors(image=mine, k=10).neighbors]
+        with pytest.raises(SimCLRError) as e:
+            client.get(added.id)
+        assert e.value.status == 404
