@@ -283,17 +283,11 @@ def int_parameter(name: str, default: int, minimum: int, description: str) -> di
 
 # The request body of the upload routes, for the OpenAPI document: the routes read it
 # themselves (``receive_upload``), so FastAPI cannot infer it from their signature.
-UPLOAD_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["file"],
-                    "properties": {"file": {"type": "string", "format": "binary", "description": "an image in any common format and mode"}},
-                }
-            }
-        },
-    }
-}
+def upload_body(**fields: dict[str, Any]) -> dict[str, Any]:
+    """The OpenAPI request body of a multipart upload: the ``file`` part plus optional ``fields``."""
+    properties = {"file": {"type": "string", "format": "binary", "description": "an image in any common format and mode"}, **fields}
+    schema = {"type": "object", "required": ["file"], "properties": properties}
+    return {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": schema}}}}
+
+
+UPLOAD_BODY = upload_body()

@@ -34,8 +34,7 @@ class ModelStore:
     def __init__(self, home: ArtifactHome, neighbor_table_max_items: int = 20_000) -> None:
         self.home = home
         self.neighbor_table_max_items = neighbor_table_max_items  # see service.frozen.for_serving
-        self.bundle: LoadedBundle | None = None
-        self.view: View | None = None  # the bundle with the collection; set before ``bundle`` (``_install``)
+        self.view: View | None = None  # the bundle with the collection, swapped whole (``_install``)
         self.collection = LiveCollection(home.collection, self._install)
         self.error: str | None = None  # why the version CURRENT names is not the one served
         self.refused_version: str | None = None  # the version ``error`` is about
@@ -76,10 +75,14 @@ class ModelStore:
 
     def _install(self, view: View) -> None:
         """Make ``view`` (and its bundle) the one requests take. Called by the collection, under its lock,
-        so views are installed in the order they were made; the view first, so that a request that
-        reads ``bundle`` never finds a view of an older one."""
+        so views are installed in the order they were made; one assignment swaps both."""
         self.view = view
-        self.bundle = view.bundle
+
+    @property
+    def bundle(self) -> LoadedBundle | None:
+        """The served bundle: the current view's (read once per request, as the view is)."""
+        view = self.view
+        return None if view is None else view.bundle
 
     def unavailable_detail(self) -> str:
         """What a 503 says when there is no bundle: the load error if there was one."""

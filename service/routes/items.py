@@ -24,7 +24,7 @@ from core.collection import MAX_ID, MAX_PAYLOAD_BYTES, CollectionError, PayloadE
 from service.auth import check_bearer
 from service.decoding import prepare_copies
 from service.deps import SettingsDep, StoreDep, ViewDep, served_view
-from service.fastpath import receive_form
+from service.fastpath import receive_form, upload_body
 from service.schemas import Item, ItemPage, ItemSummary, ItemWritten, errors
 
 DISABLED = "writes are disabled: set SIMCLR_WRITE_TOKEN (the `write_token` setting) to enable POST /items and DELETE /items/{id}"
@@ -44,25 +44,10 @@ async def require_write(
 
 router = APIRouter(tags=["items"])
 
-ITEM_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["file"],
-                    "properties": {
-                        "file": {"type": "string", "format": "binary", "description": "an image in any common format and mode"},
-                        "id": {"type": "integer", "minimum": 0, "maximum": MAX_ID,
-                               "description": "replace this item (or add it under this id); absent: the next free id"},
-                        "payload": {"type": "string", "description": f"a JSON object, at most {MAX_PAYLOAD_BYTES} bytes as compact JSON"},
-                    },
-                }
-            }
-        },
-    }
-}
+ITEM_BODY = upload_body(
+    id={"type": "integer", "minimum": 0, "maximum": MAX_ID, "description": "replace this item (or add it under this id); absent: the next free id"},
+    payload={"type": "string", "description": f"a JSON object, at most {MAX_PAYLOAD_BYTES} bytes as compact JSON"},
+)
 
 
 def form_id(text: str | None) -> int | None:
