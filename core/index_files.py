@@ -1,7 +1,8 @@
 """The index part of a run (``runs/<id>/index/``) and of a bundle: what ``simclr index`` writes.
 
     index.faiss   the FAISS index over the items' unit embeddings (id = row number)
-    index.json    what built it: kind, metric, size, dimension, the encoder's sha256
+    index.json    what built it: kind (exact, hnsw, ivf), its parameters and measured recall@10,
+                  metric, size, dimension, the encoder's sha256
     items.json    per item: label id (-1: none) and source; the class names the label ids refer to
     images.npy    per item: the ``(3, H, W)`` uint8 pixels, so ``/images/{id}`` needs no dataset
 """
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import faiss
 import numpy as np
-from pydantic import BaseModel
+from pydantic import BaseModel, field_validator
 
 from core.atomic import atomic_write_bytes, atomic_write_json
 
@@ -27,11 +28,20 @@ FILES = (INDEX_FILE, INDEX_META_FILE, ITEMS_FILE, PIXELS_FILE)
 
 
 class IndexInfo(BaseModel):
-    kind: str
+    kind: str  # exact, hnsw or ivf (index.faiss_index)
     metric: str = "inner_product"
     size: int
     dim: int
     encoder_fingerprint: str
+    params: dict[str, int] = {}  # an approximate kind's parameters: {"M", "efConstruction", "efSearch"} or {"nlist", "nprobe"}
+    recall_at_10: float | None = None  # measured against exact search at build time; None: exact
+    target_recall: float | None = None
+    build_seconds: float | None = None
+
+    @field_validator("kind")
+    @classmethod
+    def _legacy_exact(cls, kind: str) -> str:
+        return "exact" if kind == "IndexFlatIP" else kind  # the exact kind's name in folders written before there were others
 
 
 @dataclass(frozen=True)
@@ -52,6 +62,10 @@ def write_index_dir(
     *,
     kind: str,
     encoder_fingerprint: str,
+    params: dict[str, int] | None = None,
+    recall_at_10: float | None = None,
+    target_recall: float | None = None,
+    build_seconds: float | None = None,
     labels: list[int],
     sources: list[str],
     classes: list[str],
@@ -66,7 +80,9 @@ def write_index_dir(
     np.save(buf, np.ascontiguousarray(pixels))
     atomic_write_bytes(out / PIXELS_FILE, buf.getvalue())
     atomic_write_json(out / ITEMS_FILE, {"labels": labels, "sources": sources, "classes": classes})
-    info = IndexInfo(kind=kind, size=index.ntotal, dim=index.d, encoder_fingerprint=encoder_fingerprint)
+    info = IndexInfo(kind=kind, size=index.ntotal, dim=index.d, encoder_fingerprint=encoder_fingerprint, params=params or {},
+                     recall_at_10=recall_at_10, target_recall=target_recall,
+                     build_seconds=None if build_seconds is None else round(build_seconds, 2))
     atomic_write_json(out / INDEX_META_FILE, info.model_dump())
 
 

@@ -15,7 +15,7 @@ from core.devices import pick_device, set_threads
 from core.index_files import write_index_dir
 from core.models import embed
 from core.runs import RunPaths
-from index.faiss_index import EXACT, build_index
+from index.faiss_index import build
 
 
 def embed_items(encoder: torch.nn.Module, images: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -27,12 +27,13 @@ def embed_items(encoder: torch.nn.Module, images: torch.Tensor, device: torch.de
 
 
 def main(run: RunPaths, data_dir: Path, data: str | None = None, split: str = "test", limit: int | None = None,
-         device: str = "auto") -> dict[str, float]:
+         device: str = "auto", kind: str = "auto", target_recall: float = 0.95) -> dict[str, float]:
     """Index ``split`` of ``data`` (default: the run's data; its train split if it has no test split)
     into ``run``'s ``index/``; ``data_dir`` holds downloads and the decoded-image cache.
 
     ``device``: ``--device``, as every stage that computes takes it (``auto``: CUDA when there is
-    one), not the device the run was pretrained on, which another machine may not have."""
+    one), not the device the run was pretrained on, which another machine may not have.
+    ``kind`` and ``target_recall``: the index (``index.faiss_index.build``: ``auto`` picks by size)."""
     set_threads()
     cfg = run.pretrain_config()
     src = data or cfg["data"]
@@ -41,18 +42,24 @@ def main(run: RunPaths, data_dir: Path, data: str | None = None, split: str = "t
     items = load_split(src, split, data_dir=data_dir, image_size=cfg["image_size"], limit=limit, seed=cfg["seed"])
     t = time.perf_counter()
     vectors = embed_items(run.load_encoder(), items.images, pick_device(device))
-    index = build_index(vectors.numpy())
+    built = build(vectors.numpy(), kind, target_recall, seed=cfg["seed"])
+    index = built.index
     labelled = bool(items.classes) and bool((items.labels >= 0).any())
     write_index_dir(
         run.index_dir,
         index,
-        kind=EXACT,
+        kind=built.kind,
         encoder_fingerprint=sha256_file(run.encoder),
+        params=built.params,
+        recall_at_10=built.recall_at_10,
+        target_recall=built.target_recall,
+        build_seconds=built.build_seconds,
         labels=items.labels.tolist(),
         sources=[f"{split}/{s}" for s in items.sources],
         classes=items.classes if labelled else [],
         pixels=items.images.numpy(),
     )
     seconds = time.perf_counter() - t
-    print(f"indexed {index.ntotal} images of {src} ({split}) in {seconds:.1f}s -> {run.index_dir}")
+    how = built.kind if built.recall_at_10 is None else f"{built.kind} {built.params}, recall@10 {built.recall_at_10:.3f}"
+    print(f"indexed {index.ntotal} images of {src} ({split}) in {seconds:.1f}s ({how}) -> {run.index_dir}")
     return {"index_size": float(index.ntotal), "index_seconds": seconds}

@@ -85,7 +85,8 @@ def make_batchers(settings: Settings, app_metrics: Metrics | None = None) -> Bat
     forward pass, with ``settings.torch_threads``."""
     executor = ThreadPoolExecutor(1, thread_name_prefix="model", initializer=set_threads, initargs=(settings.torch_threads,))
     size, wait = settings.max_batch_size, settings.max_batch_wait_ms / 1000
-    fns = {"classify": model_thread.classify, "neighbors": model_thread.embed_and_search, "embed": model_thread.embed}
+    fns = {"classify": model_thread.classify, "neighbors": model_thread.embed_and_search, "embed": model_thread.embed,
+           "search": model_thread.neighbors_of_ids}
     return Batchers(
         {
             kind: Batcher(fn, executor, max_size=size, max_wait=wait, on_batch=app_metrics.batch_observer(kind) if app_metrics else None)

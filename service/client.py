@@ -128,11 +128,14 @@ class ItemPage(BaseModel):
 
 
 class IndexInfo(BaseModel):
-    kind: str
+    kind: str  # exact, hnsw or ivf
     metric: str
     size: int
     dim: int
     encoder_fingerprint: str
+    params: dict[str, int] = {}  # an approximate index's: M, efConstruction, efSearch or nlist, nprobe
+    recall_at_10: float | None = None  # measured against exact search when it was built; None: exact
+    target_recall: float | None = None
 
 
 class ModelInfo(BaseModel):

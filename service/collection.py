@@ -65,14 +65,38 @@ from starlette.concurrency import run_in_threadpool
 from core import models
 from core.bundles import LoadedBundle
 from core.collection import Collection, CollectionCorrupt, CollectionError, PutRecord, Record
-from index.faiss_index import reconstruct, search
+from index.faiss_index import AUTO_EXACT_MAX_MACS, HNSW, build, is_exact, reconstruct, search, search_parameters
+from index.faiss_index import search_macs as index_search_macs
 
 log = logging.getLogger("service")
 
+# An HNSW index over the added items (Sealed) is built in the background once the rows searched
+# exactly cost more than this per query: 64k rows of 128 dimensions, as index.faiss_index's auto rule.
+SEAL_MACS = AUTO_EXACT_MAX_MACS
+SEAL_RECALL = 0.95
 POLL_INTERVAL = 0.2  # seconds between checks of the log for other processes' writes (the visibility bound)
-# Multiply-adds a search may cost on the event loop: ~0.1-0.3 ms on one core. Costlier ones run in the threadpool.
+# Multiply-adds a search may cost on the event loop: ~0.1-0.3 ms on one core. Costlier ones run in the model thread.
 INLINE_MACS = 1 << 20
+APPROXIMATE_MACS = 1 << 62  # what inline_macs counts for an approximate index: never on the event loop
 EMBED_CHUNK = 512  # stored items embedded per forward pass when a version switches
+
+
+def inline_macs(index: faiss.Index) -> int:
+    """A search's cost for the rule of what runs on the event loop (:data:`INLINE_MACS`): an exact index's
+    multiply-adds; an approximate one never qualifies, as its graph or list walk costs cache misses and
+    has a tail that a count of multiply-adds does not show."""
+    return index_search_macs(index) if is_exact(index) else APPROXIMATE_MACS
+
+
+def filtered_search(index: faiss.Index, q: np.ndarray, k: int, selector: faiss.IDSelector, widen: float) -> tuple[np.ndarray, np.ndarray]:
+    """The best ``k`` ids ``selector`` admits for one ``(1, D)`` query. An approximate index's walk is widened
+    by ``widen`` (the admitted fraction's inverse), and once more, four times as wide, if it still comes
+    back short: the deleted items can crowd one region of the graph or one list."""
+    for attempt in (widen, 4 * widen):
+        scores, ids = search(index, q, k, params=search_parameters(index, selector, attempt, k))
+        if is_exact(index) or ids[0, -1] >= 0:
+            break
+    return scores[0], ids[0]
 
 
 def added_source(item_id: int) -> str:
@@ -89,34 +113,81 @@ class Added:
 
 
 @dataclass(frozen=True, eq=False)
+class Sealed:
+    """An HNSW index over the first ``rows`` rows of one vectors buffer (id = row), built in the background
+    (:meth:`LiveCollection.seal`). Rows below ``rows`` never change, so it stays valid for every later
+    view over the same buffer; rows that died since are skipped by a selector."""
+
+    buffer: np.ndarray  # the buffer it indexes (identity: a compacted buffer invalidates it)
+    rows: int
+    index: faiss.Index
+
+
+@dataclass(frozen=True, eq=False)
 class Rows:
     """The added items' vectors as one view sees them: ``vectors[r]`` is item ``ids[r]``'s unless
-    ``alive[r]`` is False (``alive`` None: every row is live)."""
+    ``alive[r]`` is False (``alive`` None: every row is live). ``sealed``: the first rows' HNSW index,
+    when the collection grew large enough to have one; the rows after it are searched exactly."""
 
     vectors: np.ndarray  # (n, D) float32, read-only
     ids: np.ndarray  # (n,) int64
     alive: np.ndarray | None  # (n,) bool
     count: int  # live rows
+    sealed: Sealed | None = None
 
     def search(self, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """The best ``min(k, count)`` live rows for one ``(D,)`` query: ``(scores, ids)``, best first.
 
-        FAISS's exact search, as the bundle's index is searched: one query runs on the calling thread
-        (SIMD, no BLAS). Not numpy's ``vectors @ q``: its OpenBLAS spreads a matrix-vector product
-        over every core, and next to a busy model thread it measured 7.7 ms instead of 0.09 (5000 x 128,
-        the 2-core build machine). Dead rows are asked for too and dropped."""
+        The tail after the sealed rows (all of them without a seal) by FAISS's exact search, as the
+        bundle's index is searched: one query runs on the calling thread (SIMD, no BLAS). Not numpy's
+        ``vectors @ q``: its OpenBLAS spreads a matrix-vector product over every core, and next to a busy
+        model thread it measured 7.7 ms instead of 0.09 (5000 x 128, the 2-core build machine). Dead rows
+        are asked for too and dropped."""
         kk = min(k, self.count)
         if kk <= 0:
             return np.empty(0, dtype=np.float32), np.empty(0, dtype=np.int64)
         q = np.ascontiguousarray(query, dtype=np.float32).reshape(1, -1)
+        start = self.sealed.rows if self.sealed is not None else 0
         n = len(self.ids)
-        scores, rows = faiss.knn(q, self.vectors, min(n, kk + n - self.count), metric=faiss.METRIC_INNER_PRODUCT)
-        scores, rows = scores[0], rows[0]
+        parts = []
+        if n > start:
+            dead = 0 if self.alive is None else int((~self.alive[start:]).sum())
+            scores, rows = faiss.knn(q, self.vectors[start:], min(n - start, kk + dead), metric=faiss.METRIC_INNER_PRODUCT)
+            parts.append((scores[0], np.where(rows[0] >= 0, rows[0] + start, -1)))
+        if self.sealed is not None:
+            parts.append(self._search_sealed(q, kk))
+        scores = np.concatenate([p[0] for p in parts])
+        rows = np.concatenate([p[1] for p in parts])
         keep = rows >= 0
         if self.alive is not None:
             keep &= self.alive[np.maximum(rows, 0)]
-        scores, rows = scores[keep][:kk], rows[keep][:kk]
-        return scores, self.ids[rows]
+        scores, rows = scores[keep], rows[keep]
+        order = np.argsort(-scores, kind="stable")[:kk]
+        return scores[order], self.ids[rows[order]]
+
+    def _search_sealed(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        sealed = self.sealed
+        assert sealed is not None
+        if self.alive is None or self.alive[: sealed.rows].all():
+            scores, rows = search(sealed.index, q, k)
+            return scores[0], rows[0]
+        live = self.alive[: sealed.rows]
+        n_live = int(live.sum())
+        if n_live == 0:
+            return np.empty(0, dtype=np.float32), np.empty(0, dtype=np.int64)
+        bitmap = np.packbits(live, bitorder="little")
+        selector = faiss.IDSelectorBitmap(len(bitmap), faiss.swig_ptr(bitmap))
+        return filtered_search(sealed.index, q, min(k, n_live), selector, sealed.rows / n_live)
+
+    def search_macs(self) -> int:
+        """About the multiply-adds of :meth:`search`: the sealed index's search and the tail's scan."""
+        d = self.vectors.shape[1] if self.vectors.ndim == 2 else 0
+        if self.sealed is None:
+            return len(self.ids) * d
+        return inline_macs(self.sealed.index) + (len(self.ids) - self.sealed.rows) * d
+
+    def unsealed(self) -> int:
+        return len(self.ids) - (self.sealed.rows if self.sealed is not None else 0)
 
 
 def merge(parts: Sequence[tuple[np.ndarray, np.ndarray]], k: int, exclude: int | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -208,28 +279,28 @@ class View:
         return reconstruct(self.bundle.index, item_id)
 
     @cached_property
-    def _base_params(self) -> tuple[faiss.SearchParameters, object] | None:
-        """FAISS search parameters that skip the hidden bundle items (and what they point into)."""
+    def _base_selector(self) -> tuple[faiss.IDSelector, np.ndarray, float] | None:
+        """A FAISS selector of the bundle items not hidden, the bitmap it reads (it must outlive the
+        selector), and the hidden fraction's widening of an approximate search (``search_parameters``)."""
         if self.hidden is None:
             return None
         bitmap = np.packbits(~self.hidden, bitorder="little")  # bit i set: id i may be returned
         selector = faiss.IDSelectorBitmap(len(bitmap), faiss.swig_ptr(bitmap))  # n: the bitmap's size in bytes
-        params = faiss.SearchParameters()
-        params.sel = selector
-        return params, (bitmap, selector)  # the numpy bitmap and the selector must outlive the params
+        n = self.bundle.index.ntotal
+        return selector, bitmap, n / max(1, n - self.n_hidden)
 
     def search_base(self, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """The best ``k`` served bundle items for one ``(D,)`` query: ``(scores, ids)``, -1 padded."""
         index = self.bundle.index
         q = np.ascontiguousarray(query, dtype=np.float32).reshape(1, -1)
-        if self._base_params is None:
+        if self._base_selector is None:
             scores, ids = search(index, q, k)
             return scores[0], ids[0]
         kk = min(k, index.ntotal - self.n_hidden)
         if kk <= 0:
             return np.empty(0, dtype=np.float32), np.empty(0, dtype=np.int64)
-        scores, ids = index.search(q, kk, params=self._base_params[0])
-        return scores[0], ids[0]
+        selector, _, widen = self._base_selector
+        return filtered_search(index, q, kk, selector, widen)
 
     def search(self, query: np.ndarray, k: int, exclude: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """The best ``k`` live items (bundle and added) for one ``(D,)`` query, without ``exclude``. Blocking:
@@ -238,8 +309,8 @@ class View:
         return merge([self.search_base(query, want), self.rows.search(query, want)], k, exclude)
 
     def search_macs(self) -> int:
-        """Multiply-adds of :meth:`search`: the index and the added vectors, each scanned once."""
-        return (self.bundle.index.ntotal + len(self.rows.ids)) * self.bundle.index.d
+        """Multiply-adds of :meth:`search`: the index's search and the added vectors scanned once."""
+        return inline_macs(self.bundle.index) + self.rows.search_macs()
 
     def _table_hits(self, item_id: int, k: int) -> tuple[np.ndarray, np.ndarray] | None:
         """Bundle item ``item_id``'s precomputed hits minus the hidden ones, or None when they will not
@@ -308,6 +379,7 @@ class _VersionState:
         self.n_hidden = 0
         self.added: dict[int, Added] = {}
         self._vectors = np.empty((0, self.dim), dtype=np.float32)
+        self.sealed: Sealed | None = None  # an HNSW index over the first rows of _vectors (LiveCollection.seal)
         self._ids = np.empty(0, dtype=np.int64)
         self._alive = np.empty(0, dtype=bool)
         self._n = self._dead = 0
@@ -342,6 +414,15 @@ class _VersionState:
         self.added = {i: Added(a.record, int(new_row[a.row])) for i, a in self.added.items()}
         self._vectors, self._ids, self._alive = vectors, ids, alive
         self._n, self._dead = len(live), 0
+        self.sealed = None  # it indexed the old buffer's rows; a new one is built when the tail is large again
+
+    def unsealed_macs(self) -> int:
+        """Multiply-adds of an exact search over the rows the sealed index does not cover."""
+        return (self._n - (self.sealed.rows if self.sealed is not None else 0)) * self.dim
+
+    def seal_source(self) -> tuple[np.ndarray, int]:
+        """What a sealed index would cover: the buffer and its rows written so far (never written again)."""
+        return self._vectors, self._n
 
     def apply_all(self, records: Sequence[Record], collection: Collection, known: Mapping[int, np.ndarray] | None = None) -> None:
         """Apply records in log order. A put's vector: ``known[record.offset]``, else the one stored with
@@ -357,7 +438,7 @@ class _VersionState:
         n = self._n
         vectors = self._vectors[:n]
         vectors.flags.writeable = False
-        rows = Rows(vectors, self._ids[:n], self._alive[:n].copy() if self._dead else None, n - self._dead)
+        rows = Rows(vectors, self._ids[:n], self._alive[:n].copy() if self._dead else None, n - self._dead, self.sealed)
         hidden = self.hidden.copy() if self.n_hidden else None
         return View(self.bundle, dict(self.added), rows, hidden, self.n_hidden, collection)
 
@@ -372,6 +453,7 @@ class LiveCollection:
         self.error: str | None = None  # why the log cannot be read or written (a damaged log)
         self._state: _VersionState | None = None
         self._lock = threading.Lock()
+        self._sealing = False  # a seal thread is running
 
     # --- under the lock ---------------------------------------------------------------------------
 
@@ -381,6 +463,34 @@ class LiveCollection:
         if records and self._state is not None:
             self._state.apply_all(records, self.log)
             self.publish(self._state.view(self.log))
+            self._seal_if_due()
+
+    def _seal_if_due(self) -> None:
+        """Start building a sealed index in the background when the exactly-searched rows grew past
+        :data:`SEAL_MACS` (and none is being built)."""
+        state = self._state
+        if state is None or self._sealing or state.unsealed_macs() <= SEAL_MACS:
+            return
+        self._sealing = True
+        buffer, rows = state.seal_source()
+        threading.Thread(target=self._seal, args=(state, buffer, rows), name="seal", daemon=True).start()
+
+    def _seal(self, state: _VersionState, buffer: np.ndarray, rows: int) -> None:
+        """Build an HNSW index over ``buffer[:rows]`` without the lock (searches and writes go on), then
+        install it unless the buffer was compacted or the version replaced meanwhile."""
+        try:
+            built = build(buffer[:rows], HNSW, SEAL_RECALL)
+            with self._lock:
+                if self._state is state and state.seal_source()[0] is buffer:
+                    state.sealed = Sealed(buffer, rows, built.index)
+                    self.publish(state.view(self.log))
+                    log.info("sealed %d added items into an HNSW index (%s, recall@10 %.3f)", rows, built.params, built.recall_at_10)
+        except Exception:  # noqa: BLE001 - the exact tail keeps serving; the next write tries again
+            log.exception("building the added items' index failed")
+        finally:
+            with self._lock:
+                self._sealing = False
+                self._seal_if_due()
 
     def _fail(self, e: CollectionError) -> None:
         if self.error is None:
@@ -435,6 +545,7 @@ class LiveCollection:
             state.n_hidden = int(state.hidden.sum())
             self._state = state
             self.publish(state.view(self.log))
+            self._seal_if_due()
         if todo:
             log.info("embedded %d collection items with model %s before switching to it", len(todo), bundle.version)
 

@@ -10,6 +10,8 @@ HTTPException of an upload that does not decode: that request fails, not its bat
 - :func:`embed_and_search`: the best hits of each upload's embedding in the index, or in the
   view of the index and the collection the request took (POST /neighbors)
 - :func:`embed`: unit embeddings (POST /embed; POST /items stores them)
+- :func:`neighbors_of_ids`: the best hits of indexed items (GET /neighbors?id= over an index
+  too large or too approximate to search on the event loop): one search for the batch
 
 Every forward pass normalises its input with the bundle manifest's ``normalization``
 (the statistics the models were trained with), and embeddings are
@@ -29,7 +31,7 @@ from fastapi import HTTPException
 
 from core import models
 from core.bundles import LoadedBundle
-from index.faiss_index import search
+from index.faiss_index import reconstruct, search
 from service.collection import View
 from service.decoding import DecodedBatch, Upload, decode_batch
 
@@ -92,3 +94,22 @@ def embed_and_search(
         if len(q) == 3:
             results[j] = q[2].search(vectors[j], q[1])
     return batch.answers(results)
+
+
+def neighbors_of_ids(bundle: LoadedBundle, items: Sequence[tuple[View, int, int]]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``(scores, ids)`` of the best ``k`` items for each ``(view, item id, k)``, the item itself left out
+    (the route checked that it is live). Items of a plain view are searched in one call (FAISS's batch
+    search: HNSW and IVF walk the queries together); the others in their view (``View.neighbors_of``)."""
+    results: list[tuple[np.ndarray, np.ndarray]] = [None] * len(items)  # type: ignore[list-item]
+    plain = [j for j, (view, _, _) in enumerate(items) if view.plain]
+    if plain:
+        queries = np.stack([reconstruct(bundle.index, items[j][1]) for j in plain])
+        scores, ids = search(bundle.index, queries, max(items[j][2] for j in plain) + 1)
+        for row, j in enumerate(plain):
+            _, item_id, k = items[j]
+            keep = (ids[row] >= 0) & (ids[row] != item_id)  # by id, not rank: a duplicate can tie with the item
+            results[j] = (scores[row][keep][:k], ids[row][keep][:k])
+    for j, (view, item_id, k) in enumerate(items):
+        if not view.plain:
+            results[j] = view.neighbors_of(item_id, k)
+    return results

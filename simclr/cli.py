@@ -59,6 +59,22 @@ def add_device(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", help=DEVICE_HELP)
 
 
+def recall(text: str) -> float:
+    value = float(text)
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"a recall is in (0, 1], got {text}")
+    return value
+
+
+def add_index_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--index", default="auto", choices=["auto", "exact", "hnsw", "ivf"],
+                   help="the FAISS index: exact search, HNSW or IVF; auto = exact while one query costs at most ~8M "
+                   "multiply-adds (65k items of 128 dimensions), HNSW above (default: %(default)s)")
+    p.add_argument("--target-recall", type=recall, default=0.95,
+                   help="recall@10 against exact search that an approximate index's search parameter (efSearch, nprobe) "
+                   "is tuned to at build time (default: %(default)s)")
+
+
 def add_home(p: argparse.ArgumentParser) -> None:
     p.add_argument("--home", default=None, help="artifacts folder (default: $SIMCLR_HOME or ./artifacts)")
 
@@ -176,7 +192,8 @@ def cmd_index(a: argparse.Namespace) -> None:
     from index import build
 
     home = ArtifactHome(a.home)
-    build.main(home.run(a.run), home.data, data=a.data, split=a.split, limit=a.limit, device=a.device or "auto")
+    build.main(home.run(a.run), home.data, data=a.data, split=a.split, limit=a.limit, device=a.device or "auto",
+               kind=a.index, target_recall=a.target_recall)
 
 
 def cmd_publish(a: argparse.Namespace) -> None:
@@ -223,7 +240,7 @@ def cmd_refresh(a: argparse.Namespace) -> None:
         print(f"skipping fine-tuning: {why}. The model is published without a classifier: it serves embeddings and "
               "neighbours, and POST /classify answers 409. For a classifier, put the images in one subfolder per class "
               "(DIR/train/<class>/) and run `simclr refresh --data DIR`")
-    build.main(run, home.data, limit=a.limit, device=a.device or "auto")
+    build.main(run, home.data, limit=a.limit, device=a.device or "auto", kind=a.index, target_recall=a.target_recall)
     version = publish_run(home, run)
     print(f"published {version}; a running `simclr serve --home {home.root}` picks it up")
 
@@ -298,6 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", help="run id (default: the newest run)")
     p.add_argument("--split", default="test", choices=["train", "test"], help="split to index (default: test)")
     p.add_argument("--limit", type=positive_int, help="at most N images (default: all)")
+    add_index_flags(p)
     add_device(p)
     p.set_defaults(func=cmd_index)
 
@@ -313,6 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_data(p)
     add_pretrain_flags(p)
     add_finetune_flags(p, prefix="ft-")
+    add_index_flags(p)
     p.set_defaults(func=cmd_refresh)
 
     p = sub.add_parser("evaluate", help="the seed's table for a run: linear eval, fine-tune, random init, supervised, kNN")

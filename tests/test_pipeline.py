@@ -27,7 +27,7 @@ def test_published_bundle_loads_and_serves_itself(trained_home: Path) -> None:
     bundle = load_current(home)
     assert bundle is not None and bundle.version == home.current_version()
     m = bundle.manifest
-    assert m.index.size == 100 and m.index.kind == "IndexFlatIP"
+    assert m.index.size == 100 and m.index.kind == "exact"
     assert m.class_names[:2] == ["airplane", "automobile"]
     assert 0.0 <= m.metrics["finetune_top1"] <= m.metrics["finetune_top3"] <= 1.0
     assert "knn_top1" in m.metrics

@@ -11,11 +11,10 @@ from typing import Annotated
 
 import numpy as np
 from fastapi import APIRouter, HTTPException, Query, Request, Response
-from starlette.concurrency import run_in_threadpool
 
 from core.bundles import LoadedBundle
 from index.faiss_index import reconstruct, search
-from service.collection import INLINE_MACS, View, added_source
+from service.collection import INLINE_MACS, View, added_source, inline_macs
 from service.decoding import prepare_upload
 from service.deps import ViewDep
 from service.fastpath import UPLOAD_BODY, DirectRoute, int_parameter, int_query, json_response, receive_upload, serving
@@ -73,6 +72,7 @@ def neighbors(bundle: LoadedBundle, query: np.ndarray, k: int, exclude: int | No
 
 @router.get("/neighbors", response_model=NeighborsResponse, responses=errors(404, 422, 503))
 async def neighbors_of_id(
+    request: Request,
     view: ViewDep,
     item_id: Annotated[int, Query(alias="id", description="an item's id: an indexed image's (0..index size - 1) or an added one's")],
     k: Annotated[int, K] = DEFAULT_K,
@@ -80,26 +80,28 @@ async def neighbors_of_id(
     """The k items most similar to item ``id``, not counting itself."""
     bundle = view.bundle
     if not view.plain:
-        return await collection_neighbors_of_id(view, item_id, k)
+        return await collection_neighbors_of_id(request, view, item_id, k)
     check_id(bundle, item_id)
     if bundle.id_neighbors is not None:  # precomputed at load for small indexes (service.frozen)
         scores, ids = bundle.id_neighbors
         found = hits(bundle, scores[item_id], ids[item_id], k, exclude=item_id)
-    else:
-        # On the event loop on purpose: exact search of one query over tens of thousands of
-        # vectors takes about a millisecond, less than a hop to the threadpool and back.
+    elif inline_macs(bundle.index) <= INLINE_MACS:
+        # On the event loop on purpose: a search this small costs less than a hop to another thread and back.
         found = neighbors(bundle, reconstruct(bundle.index, item_id), k, exclude=item_id)
+    else:  # a large or approximate index: searched in the model thread, batched with concurrent requests'
+        scores, ids = await request.app.state.batchers["search"].submit(bundle, (view, item_id, k))
+        found = hits(bundle, scores, ids, k, exclude=item_id)
     return NeighborsResponse(model_version=bundle.version, query=NeighborQuery(id=item_id), neighbors=found)
 
 
-async def collection_neighbors_of_id(view: View, item_id: int, k: int) -> NeighborsResponse:
+async def collection_neighbors_of_id(request: Request, view: View, item_id: int, k: int) -> NeighborsResponse:
     """GET /neighbors?id= over a view with added or deleted items (``View.neighbors_of``)."""
     if not view.has(item_id):
         raise HTTPException(404, f"no item with id {item_id}")
     if view.neighbors_macs(item_id, k) <= INLINE_MACS:  # the table's hits and a few added vectors: cheaper than a thread hop
         scores, ids = view.neighbors_of(item_id, k)
-    else:  # a search over the index or many added vectors: not on the event loop
-        scores, ids = await run_in_threadpool(view.neighbors_of, item_id, k)
+    else:  # a search over the index or many added vectors: in the model thread, not on the event loop
+        scores, ids = await request.app.state.batchers["search"].submit(view.bundle, (view, item_id, k))
     found = hits(view.bundle, scores, ids, k, exclude=item_id, view=view)
     return NeighborsResponse(model_version=view.bundle.version, query=NeighborQuery(id=item_id), neighbors=found)
 

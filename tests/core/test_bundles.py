@@ -66,7 +66,7 @@ def random_run(tmp_path: Path, spec: EncoderSpec, labels: list[int], classes: li
     torch.save(encoder.state_dict(), tmp_path / "encoder.pt")
     torch.save(classifier.state_dict(), tmp_path / "classifier.pt")
     images = np.random.default_rng(0).integers(0, 256, size=(len(labels), 3, 32, 32), dtype=np.uint8)
-    write_index_dir(tmp_path / "index", build_index(embed(encoder, torch.from_numpy(images)).numpy()), kind="IndexFlatIP",
+    write_index_dir(tmp_path / "index", build_index(embed(encoder, torch.from_numpy(images)).numpy()), kind="exact",
                     encoder_fingerprint=sha256_file(tmp_path / "encoder.pt"), labels=labels,
                     sources=[f"{i}.png" for i in range(len(labels))], classes=classes, pixels=images)
     return tmp_path

@@ -32,7 +32,7 @@ def test_indexes_the_runs_test_split_with_its_class_names(trained_home: Path, tm
     stats = build.main(run, tmp_path / "data", limit=30)  # the run's data, its test split by default
     assert stats["index_size"] == 30.0
     items = read_index_dir(run.index_dir)
-    assert items.info.size == items.index.ntotal == 30 and items.info.kind == "IndexFlatIP"
+    assert items.info.size == items.index.ntotal == 30 and items.info.kind == "exact" and items.info.recall_at_10 is None
     assert items.info.encoder_fingerprint == sha256_file(run.encoder)
     assert items.classes[:2] == ["airplane", "automobile"] and len(items.classes) == 10
     assert all(s.startswith("test/") for s in items.sources) and ((items.labels >= 0) & (items.labels < 10)).all()

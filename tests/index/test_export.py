@@ -31,7 +31,7 @@ def publish_random(home: ArtifactHome, work: Path, images: np.ndarray, labels: n
     classifier = Classifier(build_encoder(SPEC), feature_dim(SPEC), len(CLASSES)).eval()
     torch.save(encoder.state_dict(), work / "encoder.pt")
     torch.save(classifier.state_dict(), work / "classifier.pt")
-    write_index_dir(work / "index", build_index(embed(encoder, torch.from_numpy(images)).numpy()), kind="IndexFlatIP",
+    write_index_dir(work / "index", build_index(embed(encoder, torch.from_numpy(images)).numpy()), kind="exact",
                     encoder_fingerprint=sha256_file(work / "encoder.pt"), labels=labels.tolist(),
                     sources=[f"img/{i}.png" for i in range(len(images))], classes=CLASSES, pixels=images)
     version = publish_bundle(home, encoder_file=work / "encoder.pt", classifier_file=work / "classifier.pt", index_dir=work / "index",

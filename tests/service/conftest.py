@@ -85,7 +85,7 @@ def random_run(work: Path, images: np.ndarray, labels: np.ndarray, seed: int = 0
     write_index_dir(
         work / "index",
         index,
-        kind="IndexFlatIP",
+        kind="exact",
         encoder_fingerprint=sha256_file(encoder_file),
         labels=labels.tolist(),
         sources=[f"generated/{i:04d}.png" for i in range(len(images))],
