@@ -36,7 +36,7 @@ ARG TORCHVISION_VERSION
 ENV SIMCLR_HOST=0.0.0.0 SIMCLR_PORT=8000
 RUN pip install torch==${TORCH_VERSION} torchvision==${TORCHVISION_VERSION} --index-url https://download.pytorch.org/whl/cpu
 COPY --from=source /src ./
-RUN pip install . && rm -rf /app/*
+RUN pip install '.[qdrant]' && rm -rf /app/*  # qdrant-client: SIMCLR_INDEX_BACKEND=qdrant (compose's qdrant profile)
 USER simclr
 VOLUME ["/artifacts"]
 EXPOSE 8000

@@ -195,7 +195,7 @@ def stage_service(a: argparse.Namespace, work: Path) -> dict[str, object]:
         m = bundle.manifest
         publish_bundle(home, encoder_file=src_dir / "encoder.pt",
                        classifier_file=src_dir / "classifier.pt" if bundle.classifier is not None else None,
-                       index_dir=index_dir, spec=m.encoder_spec(), class_names=m.class_names, metrics=m.metrics,
+                       index_dir=index_dir, spec=m.encoder_spec, class_names=m.class_names, metrics=m.metrics,
                        metrics_split=m.metrics_split)
         upload = Path(tmp) / "image.png"
         buf = io.BytesIO()
@@ -261,7 +261,9 @@ def main() -> None:
     if "service" in stages:
         result["service"] = stage_service(a, work)
         result["service"]["command"] = result_header("index_scale", sys.argv, paths)["command"]
-    result.update({k: v for k, v in result_header("index_scale", sys.argv, paths).items() if k != "command"})
+    # The header first (every results file starts benchmark, created, command, machine); each stage
+    # keeps the command that measured it, as stages can run in separate invocations.
+    result = {**result_header("index_scale", sys.argv, paths), **{k: v for k, v in result.items() if k in ("indexes", "service")}}
     result["bars"] = bars(result)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_text(json.dumps(scrub_paths(result, paths), indent=2) + "\n")

@@ -114,6 +114,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # held, a stall of every request in flight (the p99 of /classify under load). Frozen, a
         # full collection takes ~1 ms. Bundles load after this, so a replaced one is still collected.
         gc.freeze()
+        if settings.index_backend == "qdrant":
+            from service import qdrant_collection  # qdrant-client: an optional dependency
+
+            store.use_collection(await run_in_threadpool(qdrant_collection.connect, settings))
         await run_in_threadpool(store.reload_if_changed)
         if store.bundle is None:
             log.warning("not ready: %s", store.unavailable_detail())
@@ -124,6 +128,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             poller.cancel()
         follower.cancel()
         await batchers.close()
+        if settings.index_backend == "qdrant":
+            store.collection.close()  # embedded Qdrant holds its folder's lock until closed
 
     app = FastAPI(
         title="SimCLR image embeddings",

@@ -213,6 +213,7 @@ class View:
     n_hidden: int
     collection: Collection | None  # reads the added items' stored pixels
     plain: bool = field(init=False)  # nothing added or hidden: the routes' code of before applies
+    remote: bool = field(default=False, init=False)  # answers in memory (a QdrantView's calls go over the network)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "plain", not self.added and self.hidden is None)
@@ -235,6 +236,10 @@ class View:
     def payload(self, item_id: int) -> dict[str, Any] | None:
         added = self.added.get(item_id)
         return added.record.payload if added is not None else self.base_payload(item_id)
+
+    def added_payloads(self, ids: Sequence[int]) -> dict[int, dict[str, Any] | None]:
+        """The payloads of the added items among ``ids`` (bundle items are described by the bundle)."""
+        return {i: a.record.payload for i in ids if (a := self.added.get(i)) is not None}
 
     def image(self, item_id: int) -> tuple[np.ndarray, str]:
         """A live item's pixels for display ``(3, H, W)`` and what identifies them (for an ETag).

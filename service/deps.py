@@ -8,7 +8,7 @@ what is an attribute read. The upload routes read the same state without
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 from fastapi import Depends, HTTPException, Request
 
@@ -16,6 +16,13 @@ from core.bundles import LoadedBundle
 from service.collection import View
 from service.settings import Settings
 from service.state import ModelStore
+
+if TYPE_CHECKING:  # qdrant-client is an optional dependency, imported only with that backend
+    from service.qdrant_collection import QdrantView
+
+    AnyView = View | QdrantView  # what store.view holds; the routes read it through the same methods
+else:
+    AnyView = View
 
 
 async def get_settings(request: Request) -> Settings:
@@ -45,7 +52,7 @@ async def get_bundle(store: StoreDep) -> LoadedBundle:
 BundleDep = Annotated[LoadedBundle, Depends(get_bundle)]
 
 
-def served_view(store: ModelStore) -> View:
+def served_view(store: ModelStore) -> AnyView:
     """The store's view (the bundle with the collection), taken once for a request's whole life; 503 if none."""
     view = store.view
     if view is None:
@@ -53,8 +60,8 @@ def served_view(store: ModelStore) -> View:
     return view
 
 
-async def get_view(store: StoreDep) -> View:
+async def get_view(store: StoreDep) -> AnyView:
     return served_view(store)
 
 
-ViewDep = Annotated[View, Depends(get_view)]
+ViewDep = Annotated[AnyView, Depends(get_view)]

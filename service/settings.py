@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -34,6 +34,13 @@ class Settings(BaseSettings):
     admin_token: SecretStr | None = Field(None, description="bearer token of /admin/*; unset = admin disabled")
     # Bearer token of the collection's writes (POST /items, DELETE /items/{id}); unset (or empty) = writes disabled (403).
     write_token: SecretStr | None = Field(None, description="bearer token of POST/DELETE /items; unset = writes disabled")
+    # Where the collection lives: FAISS in each process (the embedded default), or a Qdrant cluster
+    # that every replica shares (service.qdrant_collection; pip install 'simclr-service[qdrant]').
+    index_backend: Literal["faiss", "qdrant"] = Field("faiss", description="faiss (in process) or qdrant (shared by replicas)")
+    qdrant_url: str | None = Field(None, description="the Qdrant server, e.g. http://qdrant:6333 (index_backend=qdrant)")
+    qdrant_path: Path | None = Field(None, description="embedded Qdrant in this folder instead of a server: one process only")
+    qdrant_api_key: SecretStr | None = Field(None, description="Qdrant's API key, if it has one")
+    qdrant_collection: str = Field("simclr", pattern=r"^[A-Za-z0-9_-]{1,64}$", description="the alias and name prefix of its collections")
     log_level: str = "info"
     # FastAPI's native OpenTelemetry (spans, metrics and logs to the global OTel providers).
     # Off by default: /metrics is this service's telemetry, and FastAPI checks for configured
@@ -51,11 +58,20 @@ class Settings(BaseSettings):
             env[f"SIMCLR_{name.upper()}"] = json.dumps(value) if isinstance(value, list) else str(value)
         return env
 
-    @field_validator("admin_token", "write_token", mode="before")
+    @model_validator(mode="after")
+    def _qdrant_needs_a_place(self) -> Settings:
+        if self.index_backend == "qdrant":
+            if (self.qdrant_url is None) == (self.qdrant_path is None):
+                raise ValueError("index_backend=qdrant needs one of SIMCLR_QDRANT_URL (a server) or SIMCLR_QDRANT_PATH (embedded)")
+            if self.qdrant_path is not None and self.workers > 1:
+                raise ValueError("embedded Qdrant (SIMCLR_QDRANT_PATH) is one process's: use SIMCLR_QDRANT_URL with --workers > 1")
+        return self
+
+    @field_validator("admin_token", "write_token", "qdrant_api_key", "qdrant_url", "qdrant_path", mode="before")
     @classmethod
     def _blank_token_is_none(cls, value: Any) -> Any:
         # SIMCLR_ADMIN_TOKEN="" (compose's ${SIMCLR_ADMIN_TOKEN:-}) must disable admin, not accept an empty token;
-        # the same for SIMCLR_WRITE_TOKEN and writes.
+        # the same for SIMCLR_WRITE_TOKEN and writes, and an empty SIMCLR_QDRANT_URL means none.
         if isinstance(value, str) and not value.strip():
             return None
         return value

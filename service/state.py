@@ -17,11 +17,16 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from core.bundles import LoadedBundle, load_bundle
 from core.home import ArtifactHome
 from service.collection import LiveCollection, View
 from service.frozen import for_serving
+
+if TYPE_CHECKING:  # the optional Qdrant backend (SIMCLR_INDEX_BACKEND=qdrant)
+    from service.qdrant_collection import QdrantCollection, QdrantView
 
 log = logging.getLogger("service")
 
@@ -34,8 +39,9 @@ class ModelStore:
     def __init__(self, home: ArtifactHome, neighbor_table_max_items: int = 20_000) -> None:
         self.home = home
         self.neighbor_table_max_items = neighbor_table_max_items  # see service.frozen.for_serving
-        self.view: View | None = None  # the bundle with the collection, swapped whole (``_install``)
-        self.collection = LiveCollection(home.collection, self._install)
+        self.view: View | QdrantView | None = None  # the bundle with the collection, swapped whole (``_install``)
+        # The collection in this process (FAISS, service.collection) unless use_collection() gives another (Qdrant).
+        self.collection: LiveCollection | QdrantCollection = LiveCollection(home.collection, self._install)
         self.error: str | None = None  # why the version CURRENT names is not the one served
         self.refused_version: str | None = None  # the version ``error`` is about
         self.reloads = 0  # bundles swapped in (the first load included), for /metrics
@@ -73,7 +79,11 @@ class ModelStore:
             log.info("serving model %s (%d indexed images)", version, bundle.index.ntotal)
             return True
 
-    def _install(self, view: View) -> None:
+    def use_collection(self, make: Callable[[Callable[[Any], None]], QdrantCollection]) -> None:
+        """Serve the collection ``make(publish)`` returns instead of this process's (before the first load)."""
+        self.collection = make(self._install)
+
+    def _install(self, view: View | QdrantView) -> None:
         """Make ``view`` (and its bundle) the one requests take. Called by the collection, under its lock,
         so views are installed in the order they were made; one assignment swaps both."""
         self.view = view

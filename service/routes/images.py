@@ -10,7 +10,7 @@ from fastapi import APIRouter, HTTPException, Path, Query, Request, Response
 from PIL import Image
 from starlette.concurrency import run_in_threadpool
 
-from service.deps import ViewDep
+from service.deps import AnyView, ViewDep
 from service.routes.neighbors import check_id
 from service.schemas import errors
 
@@ -28,6 +28,13 @@ def png(chw: np.ndarray, size: int | None) -> bytes:
     buf = io.BytesIO()
     img.save(buf, format="PNG")
     return buf.getvalue()
+
+
+def image_of(view: AnyView, item_id: int) -> tuple[np.ndarray, str]:
+    """A live item's pixels and what identifies them; 404 if there is no such item."""
+    if not view.has(item_id):
+        raise HTTPException(404, f"no item with id {item_id}")
+    return view.image(item_id)
 
 
 @router.get(
@@ -48,10 +55,10 @@ async def image(
     if view.plain:
         check_id(bundle, item_id)
         pixels, which = bundle.pixels[item_id], f"{bundle.version}-{item_id}"
-    elif view.has(item_id):
-        pixels, which = view.image(item_id)  # an added item's: one pread of a few KB
+    elif view.remote:  # Qdrant: network calls
+        pixels, which = await run_in_threadpool(image_of, view, item_id)
     else:
-        raise HTTPException(404, f"no item with id {item_id}")
+        pixels, which = image_of(view, item_id)  # an added item's: one pread of a few KB
     etag = f'"{which}-{size or 0}"'
     headers = {"ETag": etag, "Cache-Control": "public, no-cache"}
     if etag in (tag.strip() for tag in request.headers.get("if-none-match", "").split(",")):

@@ -23,7 +23,7 @@ from starlette.concurrency import run_in_threadpool
 from core.collection import MAX_ID, MAX_PAYLOAD_BYTES, CollectionError, PayloadError, parse_payload, stored_sizes
 from service.auth import check_bearer
 from service.decoding import prepare_copies
-from service.deps import SettingsDep, StoreDep, ViewDep, served_view
+from service.deps import AnyView, SettingsDep, StoreDep, ViewDep, served_view
 from service.fastpath import receive_form, upload_body
 from service.schemas import Item, ItemPage, ItemSummary, ItemWritten, errors
 
@@ -112,6 +112,8 @@ async def list_items(
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT, description=f"items to return, 1..{MAX_LIMIT}")] = 100,
 ) -> ItemPage:
     """Live items in id order, ``limit`` from position ``offset``: ids and payloads (browsing, export)."""
+    if view.remote:  # Qdrant: network calls
+        return await run_in_threadpool(item_page, view, offset, limit)
     if view.has_page_cache() or view.count <= INLINE_PAGE_ITEMS:
         ids = view.page(offset, limit)
     else:  # the first page of a new view sorts every live id: not on the event loop for a big collection
@@ -120,12 +122,24 @@ async def list_items(
     return ItemPage(model_version=view.bundle.version, total=view.count, offset=offset, limit=limit, items=items)
 
 
-@router.get("/items/{item_id}", response_model=Item, responses=errors(404, 422, 503))
-async def get_item(view: ViewDep, item_id: Annotated[int, Path(description="the item's id")]) -> Item:
-    """One live item: its payload and where its image is."""
+def item_page(view: AnyView, offset: int, limit: int) -> ItemPage:
+    """GET /items from a remote view (blocking)."""
+    ids = view.page(offset, limit)
+    items = [ItemSummary(id=i, payload=view.payload(i)) for i in ids]
+    return ItemPage(model_version=view.bundle.version, total=view.count, offset=offset, limit=limit, items=items)
+
+
+def item_of(view: AnyView, item_id: int) -> Item:
+    """One live item of ``view`` (blocking for a remote view); 404 if there is none."""
     if not view.has(item_id):
         raise HTTPException(404, f"no item with id {item_id}")
     return Item(id=item_id, payload=view.payload(item_id), image_url=f"/images/{item_id}", model_version=view.bundle.version)
+
+
+@router.get("/items/{item_id}", response_model=Item, responses=errors(404, 422, 503))
+async def get_item(view: ViewDep, item_id: Annotated[int, Path(description="the item's id")]) -> Item:
+    """One live item: its payload and where its image is."""
+    return await run_in_threadpool(item_of, view, item_id) if view.remote else item_of(view, item_id)
 
 
 @router.delete("/items/{item_id}", status_code=204, responses=errors(401, 403, 404, 422, 503), dependencies=[Depends(require_write)])

@@ -7,16 +7,18 @@ view is ``plain`` (nothing added or deleted), the view's merged search otherwise
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Mapping
+from typing import Annotated, Any
 
 import numpy as np
 from fastapi import APIRouter, HTTPException, Query, Request, Response
+from starlette.concurrency import run_in_threadpool
 
 from core.bundles import LoadedBundle
 from index.faiss_index import reconstruct, search
-from service.collection import INLINE_MACS, View, added_source, inline_macs
+from service.collection import INLINE_MACS, added_source, inline_macs
 from service.decoding import prepare_upload
-from service.deps import ViewDep
+from service.deps import AnyView, ViewDep
 from service.fastpath import UPLOAD_BODY, DirectRoute, int_parameter, int_query, json_response, receive_upload, serving
 from service.frozen import MAX_K
 from service.schemas import Neighbor, NeighborQuery, NeighborsResponse, errors
@@ -35,19 +37,18 @@ def check_id(bundle: LoadedBundle, item_id: int) -> None:
 
 
 def hits(bundle: LoadedBundle, scores: np.ndarray, ids: np.ndarray, k: int, exclude: int | None = None,
-         view: View | None = None) -> list[Neighbor]:
+         added: Mapping[int, dict[str, Any] | None] | None = None) -> list[Neighbor]:
     """One query's search results ``(scores, ids)``, best first, as at most k neighbours without ``exclude``.
-    ``view``: the view they were searched in, when it is not plain (added items are described from it)."""
+    ``added``: the payloads of the added items among them (``described``); the others are the bundle's."""
     names = bundle.label_names  # the classifier's classes, or a model without one: its index's (core.bundles)
-    added = view.added if view is not None else {}
+    added = added or {}
     out = []
     for score, i in zip(scores.tolist(), ids.tolist()):
         # Dropped by id, not by rank: a duplicate image can tie with the query and come first.
         if i < 0 or i == exclude or len(out) == k:
             continue
-        item = added.get(i)
-        if item is not None:
-            out.append(Neighbor(id=i, label=None, score=score, image_url=f"/images/{i}", source=added_source(i), payload=item.record.payload))
+        if i in added:
+            out.append(Neighbor(id=i, label=None, score=score, image_url=f"/images/{i}", source=added_source(i), payload=added[i]))
             continue
         label = int(bundle.labels[i])
         name, source = names[label] if label >= 0 else None, bundle.sources[i]
@@ -62,6 +63,13 @@ def hits(bundle: LoadedBundle, scores: np.ndarray, ids: np.ndarray, k: int, excl
             )
         )
     return out
+
+
+async def described(view: AnyView, ids: np.ndarray) -> Mapping[int, dict[str, Any] | None]:
+    """The payloads of the added items among ``ids`` in ``view``: a dict lookup, or a Qdrant read off the event loop."""
+    if view.remote:
+        return await run_in_threadpool(view.added_payloads, ids.tolist())
+    return view.added_payloads(ids.tolist())
 
 
 def neighbors(bundle: LoadedBundle, query: np.ndarray, k: int, exclude: int | None = None) -> list[Neighbor]:
@@ -94,15 +102,17 @@ async def neighbors_of_id(
     return NeighborsResponse(model_version=bundle.version, query=NeighborQuery(id=item_id), neighbors=found)
 
 
-async def collection_neighbors_of_id(request: Request, view: View, item_id: int, k: int) -> NeighborsResponse:
-    """GET /neighbors?id= over a view with added or deleted items (``View.neighbors_of``)."""
-    if not view.has(item_id):
+async def collection_neighbors_of_id(request: Request, view: AnyView, item_id: int, k: int) -> NeighborsResponse:
+    """GET /neighbors?id= over a view with added or deleted items (``View.neighbors_of``), or on Qdrant."""
+    if not (await run_in_threadpool(view.has, item_id) if view.remote else view.has(item_id)):
         raise HTTPException(404, f"no item with id {item_id}")
-    if view.neighbors_macs(item_id, k) <= INLINE_MACS:  # the table's hits and a few added vectors: cheaper than a thread hop
+    if view.remote:  # network calls: the threadpool, not the model thread that runs forward passes
+        scores, ids = await run_in_threadpool(view.neighbors_of, item_id, k)
+    elif view.neighbors_macs(item_id, k) <= INLINE_MACS:  # the table's hits and a few added vectors: cheaper than a thread hop
         scores, ids = view.neighbors_of(item_id, k)
     else:  # a search over the index or many added vectors: in the model thread, not on the event loop
         scores, ids = await request.app.state.batchers["search"].submit(view.bundle, (view, item_id, k))
-    found = hits(view.bundle, scores, ids, k, exclude=item_id, view=view)
+    found = hits(view.bundle, scores, ids, k, exclude=item_id, added=await described(view, ids))
     return NeighborsResponse(model_version=view.bundle.version, query=NeighborQuery(id=item_id), neighbors=found)
 
 
@@ -121,7 +131,7 @@ async def neighbors_of_upload(request: Request) -> Response:
         scores, ids = await batcher.submit(bundle, (upload, k))
         return json_response(NeighborsResponse(model_version=bundle.version, query=NeighborQuery(), neighbors=hits(bundle, scores, ids, k)))
     scores, ids = await batcher.submit(bundle, (upload, k, view))
-    found = hits(bundle, scores, ids, k, view=view)
+    found = hits(bundle, scores, ids, k, added=await described(view, ids))
     return json_response(NeighborsResponse(model_version=bundle.version, query=NeighborQuery(), neighbors=found))
 
 

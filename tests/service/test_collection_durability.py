@@ -189,11 +189,14 @@ def test_two_workers_search_each_others_writes_within_a_second(bundle: Bundle, t
     assert max(delays) < VISIBLE_WITHIN, delays
 
 
-def test_publishing_while_writing_and_searching_fails_nothing_and_reembeds_every_item(bundle: Bundle, tmp_path: Path) -> None:
+@pytest.mark.parametrize("backend", ["faiss", "qdrant"])
+def test_publishing_while_writing_and_searching_fails_nothing_and_reembeds_every_item(bundle: Bundle, tmp_path: Path,
+                                                                                      backend: str) -> None:
     home = home_copy(bundle, tmp_path)
     images = make_images(40, seed=41)[0]
     new_run = random_run(tmp_path / "run", bundle.images, bundle.labels, seed=5)  # made before the load starts
-    server = start_server(home, tmp_path / "server.log", SIMCLR_WRITE_TOKEN=WRITE_TOKEN, SIMCLR_RELOAD_INTERVAL="0.2")
+    extra = {"SIMCLR_INDEX_BACKEND": "qdrant", "SIMCLR_QDRANT_PATH": str(tmp_path / "qdrant")} if backend == "qdrant" else {}
+    server = start_server(home, tmp_path / "server.log", SIMCLR_WRITE_TOKEN=WRITE_TOKEN, SIMCLR_RELOAD_INTERVAL="0.2", **extra)
     acked: dict[int, int] = {}  # live added id -> image index
     failures: list[str] = []
     versions: set[str] = set()

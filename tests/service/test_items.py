@@ -22,14 +22,26 @@ AUTH = {"Authorization": f"Bearer {WRITE_TOKEN}"}
 NEW = make_images(12, seed=77)[0]  # images that are not in the bundle
 
 
+@pytest.fixture(scope="module", params=["faiss", "qdrant"])
+def backend(request: pytest.FixtureRequest) -> str:
+    """Every test here runs against both collection backends: FAISS in process and Qdrant (embedded local mode)."""
+    return request.param
+
+
 @pytest.fixture(scope="module")
-def items_server(bundle: Bundle, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    tmp = tmp_path_factory.mktemp("items")
+def items_server(bundle: Bundle, backend: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    tmp = tmp_path_factory.mktemp(f"items-{backend}")
     shutil.copytree(bundle.home, tmp / "home")
+    extra = {"SIMCLR_INDEX_BACKEND": "qdrant", "SIMCLR_QDRANT_PATH": str(tmp / "qdrant")} if backend == "qdrant" else {}
     s = start_server(tmp / "home", tmp / "server.log", SIMCLR_WRITE_TOKEN=WRITE_TOKEN, SIMCLR_RELOAD_INTERVAL="0",
-                     SIMCLR_MAX_UPLOAD_BYTES=str(MAX_UPLOAD_BYTES), SIMCLR_MAX_IMAGE_PIXELS=str(MAX_IMAGE_PIXELS))
+                     SIMCLR_MAX_UPLOAD_BYTES=str(MAX_UPLOAD_BYTES), SIMCLR_MAX_IMAGE_PIXELS=str(MAX_IMAGE_PIXELS), **extra)
     yield s
     stop_server(s)
+
+
+def assert_new_id(backend: str, item_id: int, sequential: int) -> None:
+    """FAISS hands out the next id after the highest ever used; Qdrant (replicas share no counter) a random one >= 2**32."""
+    assert item_id == sequential if backend == "faiss" else 2**32 <= item_id < 2**53
 
 
 @pytest.fixture(scope="module")
@@ -67,16 +79,18 @@ def base_payload(bundle: Bundle, i: int) -> dict:
     return {"source": f"generated/{i:04d}.png", "label": CLASS_NAMES[label] if label >= 0 else None}
 
 
-def test_add_get_list_and_delete(c: httpx.Client, bundle: Bundle) -> None:
+def test_add_get_list_and_delete(c: httpx.Client, bundle: Bundle, backend: str) -> None:
     r = add(c, chw_png(NEW[0]))
     assert r.status_code == 201, r.text
-    assert r.json() == {"id": N_IMAGES, "model_version": bundle.version}  # the next id after the bundle's 0..N-1
+    first = r.json()["id"]
+    assert_new_id(backend, first, N_IMAGES)  # FAISS: the next id after the bundle's 0..N-1
+    assert r.json() == {"id": first, "model_version": bundle.version}
     payload = {"album": "holidays 2024", "tags": ["sea", "ünïcode"], "rating": 4.5, "nested": {"ok": True, "none": None}}
     second = add(c, chw_png(NEW[1]), payload=payload).json()["id"]
-    assert second == N_IMAGES + 1
+    assert_new_id(backend, second, N_IMAGES + 1)
 
-    assert c.get(f"/items/{N_IMAGES}").json() == {"id": N_IMAGES, "payload": None, "image_url": f"/images/{N_IMAGES}",
-                                                  "model_version": bundle.version}
+    assert c.get(f"/items/{first}").json() == {"id": first, "payload": None, "image_url": f"/images/{first}",
+                                               "model_version": bundle.version}
     assert c.get(f"/items/{second}").json()["payload"] == payload  # round trip, exactly
     assert c.get("/items/3").json()["payload"] == base_payload(bundle, 3)  # the trainer's images are items too
     png = c.get(f"/images/{second}")  # an added item's image: its stored 64 px copy
@@ -84,19 +98,21 @@ def test_add_get_list_and_delete(c: httpx.Client, bundle: Bundle) -> None:
 
     page = c.get("/items", params={"offset": N_IMAGES - 2, "limit": 10}).json()
     assert page["model_version"] == bundle.version and page["offset"] == N_IMAGES - 2 and page["limit"] == 10
+    added = sorted([{"id": first, "payload": None}, {"id": second, "payload": payload}], key=lambda i: i["id"])
     assert page["items"] == [{"id": N_IMAGES - 2, "payload": base_payload(bundle, N_IMAGES - 2)},
-                             {"id": N_IMAGES - 1, "payload": base_payload(bundle, N_IMAGES - 1)},
-                             {"id": N_IMAGES, "payload": None}, {"id": second, "payload": payload}]
+                             {"id": N_IMAGES - 1, "payload": base_payload(bundle, N_IMAGES - 1)}, *added]
     assert page["total"] == N_IMAGES + 2
     assert [i["id"] for i in c.get("/items").json()["items"]] == list(range(100))  # default: the first 100
 
-    assert c.delete(f"/items/{N_IMAGES}", headers=AUTH).status_code == 204
-    for path in (f"/items/{N_IMAGES}", f"/images/{N_IMAGES}", f"/neighbors?id={N_IMAGES}"):
-        assert_error(c.get(path), 404, str(N_IMAGES))
-    assert_error(c.delete(f"/items/{N_IMAGES}", headers=AUTH), 404, "no item")
-    assert N_IMAGES not in [i["id"] for i in c.get("/items", params={"offset": N_IMAGES - 2}).json()["items"]]
+    assert c.delete(f"/items/{first}", headers=AUTH).status_code == 204
+    for path in (f"/items/{first}", f"/images/{first}", f"/neighbors?id={first}"):
+        assert_error(c.get(path), 404, str(first))
+    assert_error(c.delete(f"/items/{first}", headers=AUTH), 404, "no item")
+    assert first not in [i["id"] for i in c.get("/items", params={"offset": N_IMAGES - 2}).json()["items"]]
     # A deleted id is never handed out again.
-    assert add(c, chw_png(NEW[2])).json()["id"] == N_IMAGES + 2
+    third = add(c, chw_png(NEW[2])).json()["id"]
+    assert_new_id(backend, third, N_IMAGES + 2)
+    assert third not in (first, second)
 
 
 def test_replace_by_id(c: httpx.Client, bundle: Bundle) -> None:

@@ -23,3 +23,17 @@ def test_settings_from_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> N
     assert Settings().opentelemetry is False
     monkeypatch.setenv("SIMCLR_OPENTELEMETRY", "1")
     assert Settings().opentelemetry is True
+
+
+def test_the_qdrant_backend_needs_exactly_one_place_and_embedded_mode_one_process(tmp_path: Path) -> None:
+    assert Settings().index_backend == "faiss"
+    assert Settings(index_backend="qdrant", qdrant_url="http://qdrant:6333", workers=4).qdrant_url == "http://qdrant:6333"
+    assert Settings(index_backend="qdrant", qdrant_path=tmp_path).qdrant_path == tmp_path
+    for bad, words in (({}, "SIMCLR_QDRANT_URL"), ({"qdrant_url": "", "qdrant_path": ""}, "SIMCLR_QDRANT_PATH"),
+                       ({"qdrant_url": "http://q:6333", "qdrant_path": tmp_path}, "one of"),
+                       ({"qdrant_path": tmp_path, "workers": 2}, "one process")):
+        with pytest.raises(ValueError, match=words):
+            Settings(index_backend="qdrant", **bad)
+    with pytest.raises(ValueError):
+        Settings(index_backend="milvus")
+    assert Settings(qdrant_url="").qdrant_url is None  # compose's ${SIMCLR_QDRANT_URL:-} with the FAISS backend
