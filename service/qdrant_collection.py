@@ -59,7 +59,8 @@ from core import models
 from core.bundles import LoadedBundle
 from core.collection import MAX_ID, CollectionError
 from core.images import to_array
-from service.collection import APPROXIMATE_MACS, Written
+from service.collection import Written
+from service.search_parts import APPROXIMATE_MACS
 from service.settings import Settings
 
 log = logging.getLogger("service")

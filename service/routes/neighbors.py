@@ -16,12 +16,13 @@ from starlette.concurrency import run_in_threadpool
 
 from core.bundles import LoadedBundle
 from index.faiss_index import reconstruct, search
-from service.collection import INLINE_MACS, added_source, inline_macs
+from service.collection import added_source
 from service.decoding import prepare_upload
 from service.deps import AnyView, ViewDep
 from service.fastpath import UPLOAD_BODY, DirectRoute, int_parameter, int_query, json_response, receive_upload, serving
 from service.frozen import MAX_K
 from service.schemas import Neighbor, NeighborQuery, NeighborsResponse, errors
+from service.search_parts import INLINE_MACS, inline_macs
 
 router = APIRouter(tags=["model"])
 
