@@ -26,6 +26,8 @@ from tqdm import tqdm
 from core.atomic import atomic_torch_save
 from core.images import to_array
 
+DECODE_VERSION = 2  # bumped when core.images changes the pixels a file decodes to (2: reduced-scale JPEG decoding)
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 SPLITS = ("train", "test")
 
@@ -159,7 +161,7 @@ def _cache_key(src: str, split: str, size: int, limit: int | None, seed: int, fi
     """What the decoded tensor depends on: the options and, for a folder, every image file's
     path, size and mtime (so adding, removing, renaming or replacing a file in place all
     invalidate it; the pixels are not hashed, a stat per file is cheap and a read is not)."""
-    h = hashlib.sha256("|".join([src, split, str(size), str(limit), str(seed)]).encode())
+    h = hashlib.sha256("|".join([src, split, str(size), str(limit), str(seed), f"decode{DECODE_VERSION}"]).encode())
     for f in files or []:
         st = f.stat()
         h.update(f"|{f}|{st.st_size}|{st.st_mtime_ns}".encode())

@@ -21,7 +21,7 @@ from fastapi import HTTPException
 from PIL import Image, UnidentifiedImageError
 from starlette.concurrency import run_in_threadpool
 
-from core.images import resize_center, to_array, to_rgb
+from core.images import draft, to_array
 
 log = logging.getLogger("service")
 
@@ -67,9 +67,11 @@ def open_image(data: bytes, max_pixels: int) -> Image.Image:
 
 
 def to_pixels(img: Image.Image, size: int) -> np.ndarray:
-    """An opened image decoded to a ``(3, size, size)`` uint8 array; closes it."""
+    """An opened image decoded to a ``(3, size, size)`` uint8 array (a JPEG at a reduced scale, as
+    training data is: ``core.images.draft``); closes it."""
     with img:
         try:
+            draft(img, size)
             img.load()
             return to_array(img, size)
         except Image.DecompressionBombError as e:
@@ -111,27 +113,20 @@ async def prepare_upload(data: bytes, size: int, max_pixels: int) -> Upload:
     return await run_in_threadpool(decode_image, data, size, max_pixels)
 
 
-def to_pixel_copies(img: Image.Image, sizes: Sequence[int]) -> dict[int, np.ndarray]:
-    """An opened image decoded once to ``(3, s, s)`` uint8 arrays, one per size in ``sizes``; closes it.
-    Each is exactly ``to_array(img, s)``, so the copy at the model's size is what an upload of the
-    image to any other route gets. Errors as :func:`to_pixels`."""
-    with img:
-        try:
-            img.load()
-            rgb = to_rgb(img)
-            return {s: np.ascontiguousarray(np.asarray(resize_center(rgb, s), dtype=np.uint8).transpose(2, 0, 1)) for s in sizes}
-        except Image.DecompressionBombError as e:
-            raise HTTPException(413, f"image too large: {e}") from e
-        except Exception as e:  # noqa: BLE001 - as in to_pixels
-            log.info("undecodable %s upload: %s: %s", img.format, type(e).__name__, e)
-            raise HTTPException(400, f"cannot decode the {img.format} image: {e}") from e
+def to_pixel_copies(data: bytes, sizes: Sequence[int], max_pixels: int) -> dict[int, np.ndarray]:
+    """Encoded image bytes decoded to ``(3, s, s)`` uint8 arrays, one per size in ``sizes``. Each is
+    exactly ``to_array`` of the image at ``s`` (a JPEG decoded once per size, each at its own reduced
+    scale), so the copy at the model's size is what an upload of the image to any other route gets.
+    Errors as :func:`to_pixels`."""
+    return {s: decode_image(data, s, max_pixels) for s in sizes}
 
 
 async def prepare_copies(data: bytes, sizes: Sequence[int], max_pixels: int) -> dict[int, np.ndarray]:
     """An upload decoded to pixels at each of ``sizes`` (``POST /items``: the copies the collection
     stores). The header is checked here, as :func:`prepare_upload` does (413, 415, 400); the decoding
     runs in the threadpool whatever the size: a write waits for its fsync anyway."""
-    return await run_in_threadpool(to_pixel_copies, open_image(data, max_pixels), sizes)
+    open_image(data, max_pixels).close()
+    return await run_in_threadpool(to_pixel_copies, data, sizes, max_pixels)
 
 
 @dataclass(frozen=True)

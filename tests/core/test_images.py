@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core.images import to_array
+from core.images import draft, to_array
 
 
 @pytest.mark.parametrize("mode", ["RGB", "L", "RGBA", "P", "CMYK", "I;16", "LA"])
@@ -42,3 +42,18 @@ def test_exif_rotation_is_applied() -> None:
     shown = to_array(Image.open(io.BytesIO(buf.getvalue())), 32)
     # After rotating 90 degrees clockwise the white half is on top: the centre crop is split top/bottom.
     assert shown[:, :8].mean() > shown[:, -8:].mean() + 100
+
+
+def test_a_photo_jpeg_is_decoded_at_a_reduced_scale_that_still_covers_twice_the_input() -> None:
+    buf = io.BytesIO()
+    Image.new("RGB", (1600, 1200), (10, 20, 30)).save(buf, format="JPEG")
+    for size, decoded in ((32, (200, 150)), (64, (200, 150)), (96, (400, 300)), (300, (800, 600)), (301, (1600, 1200))):
+        with Image.open(io.BytesIO(buf.getvalue())) as img:
+            draft(img, size)
+            img.load()
+            assert img.size == decoded, size  # the smallest 1/2^k scale whose shorter side is >= 2 x size
+    png = io.BytesIO()
+    Image.new("RGB", (1600, 1200)).save(png, format="PNG")
+    with Image.open(io.BytesIO(png.getvalue())) as img:
+        draft(img, 32)
+        assert img.size == (1600, 1200)  # formats without reduced decoding are left alone

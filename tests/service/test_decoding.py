@@ -1,16 +1,19 @@
 """Uploads to pixels: thumbnails left for the model thread's ``decode_batch``, bigger images decoded in
-the threadpool, the same pixels either way, and a broken upload failing alone."""
+the threadpool, the same pixels either way (and as training data), and a broken upload failing alone."""
 
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import anyio
 import numpy as np
 from fastapi import HTTPException
 from PIL import Image
 
-from service.decoding import INLINE_PIXELS, decode_batch, decode_image, prepare_upload
+from core.datasets import load_split
+from core.images import to_array
+from service.decoding import INLINE_PIXELS, decode_batch, decode_image, prepare_upload, to_pixel_copies
 
 
 def _png(side: int, seed: int = 0) -> bytes:
@@ -51,3 +54,25 @@ def test_a_batch_that_all_decodes_or_none_does() -> None:
     assert batch.rows == [] and batch.pixels.shape == (0, 3, 32, 32)
     answers = batch.answers([])
     assert [type(a) for a in answers] == [HTTPException, HTTPException] and {a.status_code for a in answers} == {400}
+
+
+def photo_jpeg(path: Path, w: int = 1600, h: int = 1200, seed: int = 0) -> bytes:
+    """A photo-size JPEG with detail at every scale (noise over a gradient), written to ``path``."""
+    rng = np.random.default_rng(seed)
+    grad = np.linspace(0, 255, w, dtype=np.float32)[None, :, None] * np.ones((h, 1, 3), np.float32)
+    arr = np.clip(grad * 0.6 + rng.normal(0, 40, (h, w, 3)), 0, 255).astype(np.uint8)
+    Image.fromarray(arr).save(path, format="JPEG", quality=90)
+    return path.read_bytes()
+
+
+def test_an_upload_gets_exactly_the_pixels_the_same_photo_has_as_training_data(tmp_path: Path) -> None:
+    folder = tmp_path / "photos" / "train" / "beach"
+    folder.mkdir(parents=True)
+    data = photo_jpeg(folder / "a.jpg")
+    for size in (32, 64):
+        trained = load_split(str(tmp_path / "photos"), "train", data_dir=tmp_path / "cache", image_size=size).images[0].numpy()
+        np.testing.assert_array_equal(decode_image(data, size, 40_000_000), trained)  # the upload routes
+        np.testing.assert_array_equal(to_pixel_copies(data, (32, 64), 40_000_000)[size], trained)  # POST /items' stored copies
+        with Image.open(io.BytesIO(data)) as full:
+            full.load()  # decoded at full size first: draft no longer applies
+            assert not np.array_equal(to_array(full, size), trained)  # so the reduced decode was really taken
