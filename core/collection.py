@@ -45,7 +45,8 @@ incomplete one (another process may be writing it).
 **Ids.** A put without an id gets ``max(every floor recorded, the highest id any record
 named + 1, the writer's base size)``: never an id that was ever used, by the log or by the
 bundles the writers served (a record's ``floor`` is its writer's bundle size). Ids are at most
-:data:`MAX_ID` (2**53 - 1, the largest integer a JavaScript client reads exactly).
+:data:`MAX_ID` (2**53 - 1, the largest integer a JavaScript client reads exactly); once a client
+has put an item at the top of the range, new ids fill the lowest never-named gap instead.
 
 Not thread-safe: one :class:`Collection` is used by one thread at a time (the service holds a
 lock around it); separate instances, in one process or several, coordinate through the lock.
@@ -427,7 +428,15 @@ class Collection:
         return item_id in self.puts or (0 <= item_id < base_size and item_id not in self.named)
 
     def next_id(self, base_size: int) -> int:
-        return max(self.floor, self.max_id + 1, base_size)
+        """The id a put without one gets: after every id used so far, or, once a client has taken an id
+        near :data:`MAX_ID`, the lowest id above the bundles' that no record ever named (ids are never reused)."""
+        after = max(self.floor, self.max_id + 1, base_size)
+        if after <= MAX_ID:
+            return after
+        item_id = max(self.floor, base_size)
+        while item_id in self.named:  # a gap exists unless MAX_ID ids were named; the scan stops at the first
+            item_id += 1
+        return item_id
 
     def put(self, item_id: int | None, payload: dict[str, Any] | None, copies: Mapping[int, np.ndarray], version: str,
             embedding: np.ndarray, base_size: int) -> Change:

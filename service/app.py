@@ -10,21 +10,24 @@ import logging.config
 import os
 import sys
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 import faiss
 import uvicorn
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.encoders import jsonable_encoder
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, JSONResponse
+from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import multiprocess as prometheus_multiprocess
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from core.home import ArtifactHome
 from service import metrics, model_thread
@@ -38,6 +41,9 @@ from service.settings import Settings
 from service.state import ModelStore
 from service.threads import set_threads, threads_per_worker
 from service.workers import supervise
+
+# The routers, the throughput routes first: the router tries routes in order, and every miss costs a match.
+ROUTES = (classify, neighbors, embed, health, images, items, admin, metrics)
 
 log = logging.getLogger("service")
 
@@ -62,6 +68,29 @@ async def validation_error(request: Request, exc: RequestValidationError) -> JSO
     """422 with a readable ``detail`` string (the contract's error shape), and FastAPI's list as ``errors``."""
     errors = [{k: v for k, v in e.items() if k in ("type", "loc", "msg")} for e in exc.errors()]  # no echoed input
     return JSONResponse({"detail": describe_validation(exc), "errors": jsonable_encoder(errors)}, status_code=422)
+
+
+def allowed_methods(routers: list[APIRouter], path: str) -> list[str]:
+    """Every method some route of ``routers`` answers at ``path`` (one path can have several routes)."""
+    found: set[str] = set()
+    for router in routers:
+        for route in router.routes:
+            if isinstance(route, APIRoute) and route.path_regex.match(path):
+                found |= route.methods
+    return sorted(found)
+
+
+def method_not_allowed_handler(routers: list[APIRouter]) -> Callable[[Request, StarletteHTTPException], Awaitable[Response]]:
+    """HTTP errors as FastAPI answers them, except that a 405's ``Allow`` lists every method of the
+    path: Starlette's names only the first route whose path matched (``OPTIONS /neighbors``
+    answered ``Allow: GET`` although POST /neighbors exists)."""
+
+    async def handle(request: Request, exc: StarletteHTTPException) -> Response:
+        if exc.status_code == 405:
+            exc.headers = {**(exc.headers or {}), "Allow": ", ".join(allowed_methods(routers, request.url.path))}
+        return await http_exception_handler(request, exc)
+
+    return handle
 
 
 async def unhandled_error(request: Request, exc: Exception) -> JSONResponse:
@@ -143,6 +172,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics = app_metrics
     app.state.batchers = batchers
     app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(StarletteHTTPException, method_not_allowed_handler([m.router for m in ROUTES]))
     app.add_exception_handler(Exception, unhandled_error)
     # Added first = innermost: see service.fastpath. The routes come from our routers themselves:
     # FastAPI >= 0.16x keeps an included router as one wrapper entry in app.router.routes.
@@ -153,8 +183,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST", "DELETE"], allow_headers=["*"]
         )
     app.add_middleware(MetricsMiddleware, metrics=app_metrics)  # added last = outermost: sees every answer
-    # The throughput routes first: the router tries routes in order, and every miss costs a match.
-    for module in (classify, neighbors, embed, health, images, items, admin, metrics):
+    for module in ROUTES:
         app.include_router(module.router)
 
     @app.get("/", include_in_schema=False)

@@ -176,7 +176,9 @@ class _FilePart:
 
     def _headers_finished(self) -> None:
         _, params = parse_options_header(self._headers.get(b"content-disposition", b""))
-        if params.get(b"name") == self.field and not self.found:
+        if params.get(b"name") == self.field:
+            if self.found:  # the contract's field is one file, not an array of them
+                raise HTTPException(422, f"invalid request: form field `{self.field.decode()}`: sent more than once")
             self.found = self._in_field = True
             self.is_file = b"filename" in params  # a plain form value is not an upload
 
@@ -206,7 +208,9 @@ class _FormParts(_FilePart):
             return
         _, params = parse_options_header(self._headers.get(b"content-disposition", b""))
         name = self.text_fields.get(params.get(b"name", b""))
-        if name is not None and name not in self.texts:  # the first part of a name counts, as for the file
+        if name is not None:
+            if name in self.texts:  # one value per field, as the contract declares (not an array)
+                raise HTTPException(422, f"invalid request: form field `{name}`: sent more than once")
             self._text, self._text_name = self.texts.setdefault(name, bytearray()), name
 
     def _part_data(self, data: bytes, start: int, end: int) -> None:
@@ -275,19 +279,28 @@ async def _receive(request: Request, part: _FilePart, field: str) -> bytes:
 # --- the OpenAPI entries of what these routes read themselves ---------------------------------
 
 
-def int_parameter(name: str, default: int, minimum: int, description: str) -> dict[str, Any]:
-    """The OpenAPI entry of an optional integer query parameter, for ``openapi_extra``."""
-    schema = {"type": "integer", "minimum": minimum, "default": default}
+def int_parameter(name: str, default: int, minimum: int, maximum: int, description: str) -> dict[str, Any]:
+    """The OpenAPI entry of an optional integer query parameter, for ``openapi_extra``: the bounds
+    ``int_query`` checks, declared (the OpenAPI document is the contract)."""
+    schema = {"type": "integer", "minimum": minimum, "maximum": maximum, "default": default}
     return {"name": name, "in": "query", "required": False, "schema": schema, "description": description}
 
 
 # The request body of the upload routes, for the OpenAPI document: the routes read it
 # themselves (``receive_upload``), so FastAPI cannot infer it from their signature.
+UPLOAD_MEDIA_TYPES = ("image/png", "image/jpeg", "image/gif", "image/bmp", "image/tiff", "image/webp")
+
+
 def upload_body(**fields: dict[str, Any]) -> dict[str, Any]:
     """The OpenAPI request body of a multipart upload: the ``file`` part plus optional ``fields``."""
-    properties = {"file": {"type": "string", "format": "binary", "description": "an image in any common format and mode"}, **fields}
-    schema = {"type": "object", "required": ["file"], "properties": properties}
-    return {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": schema}}}}
+    # minLength: an empty part is refused (400), so the contract says so.
+    file = {"type": "string", "format": "binary", "minLength": 1, "description": "an image in any common format and mode"}
+    properties = {"file": file, **fields}
+    schema = {"type": "object", "required": ["file"], "properties": properties}  # other parts are ignored
+    # The file part's media types: what the decoder takes (others are 415), stated for clients and for
+    # contract testers, which can then send images rather than arbitrary bytes.
+    encoding = {"file": {"contentType": ", ".join(UPLOAD_MEDIA_TYPES)}}
+    return {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": schema, "encoding": encoding}}}}
 
 
 UPLOAD_BODY = upload_body()

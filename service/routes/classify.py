@@ -13,6 +13,7 @@ from service.schemas import ClassifyResponse, Prediction, errors
 # The throughput route: see service.fastpath for what DirectRoute saves per request.
 router = APIRouter(tags=["model"], route_class=DirectRoute)
 TOP_K = 3
+MAX_TOP_K = 1000  # top_k's declared bound; a model with fewer classes returns them all
 
 
 def no_classifier(bundle: LoadedBundle) -> str:
@@ -38,7 +39,8 @@ def top_predictions(bundle: LoadedBundle, probs: np.ndarray, top_k: int) -> list
     responses=errors(400, 409, 413, 415, 422, 503),
     openapi_extra={
         **UPLOAD_BODY,
-        "parameters": [int_parameter("top_k", TOP_K, 1, "how many classes to return, 1..number of classes")],
+        "parameters": [int_parameter("top_k", TOP_K, 1, MAX_TOP_K, f"how many classes to return, 1..{MAX_TOP_K}; "
+                                     "more than the model has returns them all")],
     },
 )
 async def classify(request: Request) -> Response:
@@ -48,8 +50,8 @@ async def classify(request: Request) -> Response:
     bundle, settings = now.bundle, now.settings
     if bundle.classifier is None:
         raise HTTPException(409, no_classifier(bundle))
-    n_classes = len(bundle.manifest.class_names)
-    top_k = int_query(request, "top_k", TOP_K, 1, n_classes, " (the number of classes)")
+    # Bounds that do not depend on the model, so the OpenAPI document can declare them; a model's classes cap it.
+    top_k = min(int_query(request, "top_k", TOP_K, 1, MAX_TOP_K), len(bundle.manifest.class_names))
     data = await receive_upload(request, settings.max_upload_bytes)
     batcher = now.batchers["classify"]
     with batcher.incoming():  # a batch being formed waits for this request meanwhile

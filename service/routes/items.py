@@ -46,13 +46,14 @@ router = APIRouter(tags=["items"])
 
 ITEM_BODY = upload_body(
     id={"type": "integer", "minimum": 0, "maximum": MAX_ID, "description": "replace this item (or add it under this id); absent: the next free id"},
-    payload={"type": "string", "description": f"a JSON object, at most {MAX_PAYLOAD_BYTES} bytes as compact JSON"},
+    payload={"type": "object", "description": f"a JSON object, at most {MAX_PAYLOAD_BYTES} bytes as compact JSON"},
 )
 
 
 def form_id(text: str | None) -> int | None:
-    """The ``id`` form field: None when absent, else an int in 0..MAX_ID (422 otherwise)."""
-    if text is None or not text.strip():
+    """The ``id`` form field: None when absent, else an int in 0..MAX_ID (422 otherwise, an empty value included:
+    the contract declares an integer, and a blank is not "the next free id")."""
+    if text is None:
         return None
     text = text.strip()
     if not _ID.fullmatch(text):

@@ -144,6 +144,6 @@ router.add_api_route(
     methods=["POST"],
     response_model=NeighborsResponse,
     responses=errors(400, 413, 415, 422, 503),
-    openapi_extra={**UPLOAD_BODY, "parameters": [int_parameter("k", DEFAULT_K, 1, f"how many neighbours, 1..{MAX_K}")]},
+    openapi_extra={**UPLOAD_BODY, "parameters": [int_parameter("k", DEFAULT_K, 1, MAX_K, f"how many neighbours, 1..{MAX_K}")]},
     route_class_override=DirectRoute,
 )

@@ -16,6 +16,7 @@ import pytest
 from core.collection import (
     HEADER,
     LOG_FILE,
+    MAX_ID,
     MAX_PAYLOAD_BYTES,
     Collection,
     CollectionCorrupt,
@@ -153,3 +154,17 @@ def test_two_processes_appending_at_once_get_unique_ids_and_a_clean_log(tmp_path
     records = replay.catch_up()
     assert replay.offset == (folder / LOG_FILE).stat().st_size and len(records) == 2 * n
     assert {r.id: r.payload["writer"] for r in records} == {i: w for w, x in zip((1, 2), ids) for i in x}
+
+
+def test_an_id_taken_at_the_top_of_the_range_leaves_new_ids_to_the_gaps(tmp_path: Path) -> None:
+    c = Collection(tmp_path / "collection")
+    assert put(c, None, 1).id == 10  # after the bundle's 0..9
+    assert put(c, MAX_ID, 2).id == MAX_ID  # a client's choice (found by a contract fuzzer)
+    assert c.delete(10, 10).record is not None
+    # Not MAX_ID + 1 (out of range, was a 503): the lowest id above the bundle no record ever named.
+    assert [put(c, None, s).id for s in (3, 4)] == [11, 12]
+    c.close()
+    replayed = Collection(tmp_path / "collection")
+    replayed.catch_up()
+    assert replayed.next_id(10) == 13  # the same after a replay
+    replayed.close()

@@ -82,7 +82,7 @@ def test_embed_and_image(sdk: SimCLRClient, bundle: Bundle) -> None:
         (lambda c: c.neighbors(id=10_000), 404, ["10000"]),
         (lambda c: c.image(-1), 404, ["-1"]),
         (lambda c: c.neighbors(id=0, k=0), 422, ["`k`"]),
-        (lambda c: c.classify(chw_png(np.zeros((3, 32, 32), np.uint8)), top_k=11), 422, ["top_k"]),
+        (lambda c: c.classify(chw_png(np.zeros((3, 32, 32), np.uint8)), top_k=1001), 422, ["top_k"]),
         (lambda c: c.classify(b"plain text, not an image\n" * 20), 415, ["not an image"]),
         (lambda c: c.embed(b""), 400, ["empty"]),
     ],

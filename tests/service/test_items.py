@@ -179,7 +179,8 @@ def test_writes_need_the_write_token(c: httpx.Client, client: httpx.Client) -> N
         assert_error(c.delete("/items/1", headers=headers), 401)
     assert c.get("/items/1").status_code == 200  # nothing was deleted; reads need no token
     # The session's default server has no SIMCLR_WRITE_TOKEN: writes are disabled, reads open.
-    assert_error(add(client, chw_png(NEW[7])), 403, "SIMCLR_WRITE_TOKEN", "enable")
+    assert_error(add(client, chw_png(NEW[7]), headers={}), 401, "SIMCLR_WRITE_TOKEN", "enable")  # no credentials: 401, saying how
+    assert_error(add(client, chw_png(NEW[7])), 403, "SIMCLR_WRITE_TOKEN", "enable")  # credentials while writes are disabled
     assert_error(client.delete("/items/1", headers=AUTH), 403, "SIMCLR_WRITE_TOKEN")
     assert client.get("/items/1").status_code == 200 and client.get("/items").json()["total"] == N_IMAGES
 
@@ -193,6 +194,7 @@ def test_writes_need_the_write_token(c: httpx.Client, client: httpx.Client) -> N
         ({"payload": json.dumps({"big": "x" * 16_400})}, ["payload", "limit"]),
         ({"id": "-1"}, ["`id`", "between 0"]),
         ({"id": "seven"}, ["`id`", "integer"]),
+        ({"id": ""}, ["`id`", "integer"]),  # blank is not "the next free id": leave the field out for that
         ({"id": str(2**53)}, ["`id`", "between 0"]),
     ],
 )
@@ -231,3 +233,15 @@ def test_unknown_ids_are_404(c: httpx.Client) -> None:
         assert_error(c.get(f"/items/{i}"), 404, "no item", str(i))
         assert_error(c.delete(f"/items/{i}", headers=AUTH), 404, "no item")
     assert "Traceback" not in c.get("/healthz").text
+
+
+def test_a_field_sent_twice_is_422_not_its_first_value(c: httpx.Client) -> None:
+    png = chw_png(NEW[10])
+    before = c.get("/items").json()["total"]
+    r = c.post("/items", data={"id": ["7", "8"]}, files={"file": ("a.png", png, "image/png")}, headers=AUTH)
+    assert_error(r, 422, "`id`", "more than once")
+    r = c.post("/items", files=[("file", ("a.png", png, "image/png")), ("file", ("b.png", png, "image/png"))], headers=AUTH)
+    assert_error(r, 422, "`file`", "more than once")
+    assert_error(c.post("/neighbors", files=[("file", ("a.png", png, "image/png")), ("file", ("b.png", png, "image/png"))]),
+                 422, "more than once")
+    assert c.get("/items").json()["total"] == before
