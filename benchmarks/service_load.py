@@ -21,6 +21,13 @@ and the CPU used by wrk and by the server (cores busy, from rusage and
 /proc/<pid>/stat) -- on a small machine the load generator competes with the
 server. The project's bars: /classify at 32 connections >= 70% of the raw throughput;
 /neighbors by id >= 1500 requests/s.
+
+3. Then, in the same run (``benchmarks/load_comparisons.py``; ``--no-comparisons`` skips them):
+   a photo-size JPEG on /classify; default logging against logging off; the peer, LitServe
+   (``benchmarks/peer_litserve.py``, ``pip install litserve``), on the PNG and the photo; and a
+   full-width ResNet-18 bundle's /classify at 32 connections against its raw throughput. Their
+   ratios are top-level keys of the result: ``peer_ratio_png_c32``, ``peer_ratio_photo_c32``,
+   ``photo_requests_per_s_c32``, ``default_log_ratio``, ``heavy_model_classify_over_raw_c32``.
 """
 
 from __future__ import annotations
@@ -108,6 +115,17 @@ def raw_as_workers(bundle_dir: Path, batch: int, workers: int, threads: int, sec
             "processes": workers, "images_per_s_per_process": each}
 
 
+def raw_best(bundle_dir: Path, batch: int = 32, seconds: float = 10.0, workers: int = 2) -> float:
+    """The highest raw classify throughput of a bundle: one process with every core, or ``workers``
+    one-thread processes side by side (how ``--workers`` runs it); images/s."""
+    from core.bundles import load_bundle
+    from service.frozen import for_serving
+
+    bundle = for_serving(load_bundle(bundle_dir))
+    one = raw_classifier(bundle, np.asarray(bundle.pixels[0]), batch, None, seconds)["images_per_s"]
+    return max(one, raw_as_workers(bundle_dir, batch, workers, 1, seconds)["images_per_s"])
+
+
 def cpu_seconds(pid: int) -> float:
     """CPU seconds of ``pid`` and its live children (uvicorn's worker processes under --workers)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -155,11 +173,14 @@ def wrk(url: str, connections: int, seconds: int, threads: int, script_args: lis
     return result
 
 
-def measure(url: str, endpoint: str, connections: int, seconds: int, threads: int, script_args: list[str], server_pid: int) -> dict[str, object]:
-    before, cpu0 = scrape(url), cpu_seconds(server_pid)
+def measure(url: str, endpoint: str, connections: int, seconds: int, threads: int, script_args: list[str], server_pid: int,
+            scrape_errors: bool = True) -> dict[str, object]:
+    """One wrk run against ``url``; non-2xx answers from the server's /metrics (``scrape_errors``), else (a
+    peer without our metrics) from wrk's own count of 4xx/5xx answers."""
+    before, cpu0 = (scrape(url) if scrape_errors else {}), cpu_seconds(server_pid)
     r = wrk(url, connections, seconds, threads, script_args)
-    cpu1, after = cpu_seconds(server_pid), scrape(url)
-    kind = "classify" if endpoint.startswith("POST") else "neighbors"
+    cpu1, after = cpu_seconds(server_pid), (scrape(url) if scrape_errors else {"non_2xx": r["errors"]["status"]})
+    kind = "classify" if "POST /classify" in endpoint else "neighbors"  # labels like "ours POST /classify (photo)"
     batches = after.get(f"simclr_batch_size_count/{kind}", 0) - before.get(f"simclr_batch_size_count/{kind}", 0)
     images = after.get(f"simclr_batch_size_sum/{kind}", 0) - before.get(f"simclr_batch_size_sum/{kind}", 0)
     duration = r["duration_us"] / 1e6
@@ -216,7 +237,9 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=1, help="SIMCLR_WORKERS: server processes on the port (default: %(default)s)")
     p.add_argument("--wrk-threads", type=int, default=1, help="wrk threads (at most the connections) (default: %(default)s)")
     p.add_argument("--k", type=int, default=5, help="neighbours per /neighbors request (default: %(default)s)")
-    p.add_argument("--log-level", default="warning", help="server log level; info adds an access-log line per request (default: %(default)s)")
+    p.add_argument("--log-level", default="info", help="server log level: info (the service's default) writes an access-log line per "
+                   "request; the comparisons also measure warning (logging off) (default: %(default)s)")
+    p.add_argument("--no-comparisons", action="store_true", help="skip the photo, logging, LitServe and heavy-model comparisons")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "service_load.json"), help="(default: %(default)s)")
     a = p.parse_args()
     if a.seconds < 1:
@@ -255,6 +278,7 @@ def main() -> None:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     runs = []
+    comparisons: dict[str, object] | None = None
     with tempfile.TemporaryDirectory() as tmp:
         upload = Path(tmp) / "image.png"
         buf = io.BytesIO()
@@ -274,6 +298,15 @@ def main() -> None:
                           f"  p99 {run['latency_ms']['p99']} ms  errors {run['errors']['total']}", flush=True)
                 if endpoint == "POST /classify":
                     raws.append(measure_raw("the server idle"))
+            if not a.no_comparisons:
+                from load_comparisons import run_comparisons
+
+                comparisons = run_comparisons(
+                    url=url, home=home.root, png=upload, image=image, connections=connections, seconds=a.seconds,
+                    wrk_threads=a.wrk_threads, warmup=a.warmup, bundle_dir=home.bundle_dir(version), env=env,
+                    max_batch_size=a.max_batch_size, wait_ms=a.max_batch_wait_ms,
+                    ours_png_c32=max(r["requests_per_s"] for r in runs if r["endpoint"] == "POST /classify" and r["connections"] == max(connections)),
+                    measure=measure, wrk=wrk, start_server=start_server, free_port=free_port, raw_heavy=raw_best, server_pid=server.pid)
         finally:
             server.terminate()
             server.wait(30)
@@ -301,8 +334,10 @@ def main() -> None:
         "errors": sum(r["errors"]["total"] for r in runs),
     }
     paths = {a.home: "<home>"}
+    keys = ("peer_ratio_png_c32", "peer_ratio_photo_c32", "photo_requests_per_s_c32", "default_log_ratio", "heavy_model_classify_over_raw_c32")
     result = {
         **result_header("service_load", sys.argv, paths),
+        **({k: comparisons[k] for k in keys} if comparisons else {}),
         "model": {"version": version, "backbone": manifest.backbone, "image_size": manifest.image_size, "index_size": n_items},
         "server": {"command": f"python -m service --home {home.root} --port {port}", "env": env},
         "load_generator": {"tool": subprocess.run(["wrk", "-v"], capture_output=True, text=True).stdout.split("\n")[0].strip(),
@@ -310,6 +345,7 @@ def main() -> None:
         "raw_classifier": raw,
         "runs": runs,
         "summary": summary,
+        **({"comparisons": {k: v for k, v in comparisons.items() if k not in keys}} if comparisons else {}),
     }
     if "Traceback" in server_log_tail:
         result["server_log_tail"] = server_log_tail

@@ -1,0 +1,169 @@
+"""The comparisons ``benchmarks/service_load.py`` runs after its main table, in the same run:
+
+- a photo-size JPEG (a CIFAR image scaled to 1600x1200 with light noise) on ``POST /classify``;
+- our server with its default logging (an access-log line per request) against logging off;
+- the peer, LitServe (``benchmarks/peer_litserve.py``), on the same bundle, PNG and photo;
+- the heavy-model regime: a full-width ResNet-18 bundle (random weights: throughput does not
+  depend on them), our ``/classify`` at 32 connections against that model's raw throughput.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import numpy as np
+import torch
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def photo_jpeg(image: np.ndarray, path: Path, size: tuple[int, int] = (1600, 1200), seed: int = 0) -> Path:
+    """``image`` (3, H, W) uint8 scaled to ``size`` with light noise (sigma 3), as a quality-90 JPEG."""
+    big = np.asarray(Image.fromarray(np.ascontiguousarray(image.transpose(1, 2, 0))).resize(size, Image.Resampling.BICUBIC), np.float32)
+    noisy = np.clip(big + np.random.default_rng(seed).normal(0, 3, big.shape), 0, 255).astype(np.uint8)
+    Image.fromarray(noisy).save(path, format="JPEG", quality=90)
+    return path
+
+
+def start_peer(bundle_dir: Path, port: int, log: Path, max_batch_size: int, wait_ms: float) -> subprocess.Popen[bytes]:
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "peer_litserve.py"), "--bundle", str(bundle_dir), "--port", str(port),
+           "--max-batch-size", str(max_batch_size), "--batch-timeout-ms", str(wait_ms)]
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the peer exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+                return proc
+        except httpx.TransportError:
+            pass
+        time.sleep(0.5)
+    proc.terminate()
+    raise RuntimeError(f"the peer was not ready within 180 s:\n{log.read_text()[-3000:]}")
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def heavy_home(root: Path) -> Path:
+    """A home publishing a full-width ResNet-18 (``--width 64``, the seed's) with random weights and a small index."""
+    from core.bundles import publish_bundle, sha256_file
+    from core.home import ArtifactHome
+    from core.index_files import write_index_dir
+    from core.models import Classifier, EncoderSpec, build_encoder, embed, feature_dim
+    from index.faiss_index import build_index
+
+    torch.manual_seed(0)
+    spec = EncoderSpec(arch="resnet18", width=64, image_size=32)
+    classes = [f"class{i}" for i in range(10)]
+    encoder, classifier = build_encoder(spec).eval(), Classifier(build_encoder(spec), feature_dim(spec), len(classes)).eval()
+    run = root / "run"
+    run.mkdir(parents=True)
+    torch.save(encoder.state_dict(), run / "encoder.pt")
+    torch.save(classifier.state_dict(), run / "classifier.pt")
+    images = np.random.default_rng(0).integers(0, 256, (64, 3, 32, 32), dtype=np.uint8)
+    write_index_dir(run / "index", build_index(embed(encoder, torch.from_numpy(images)).numpy()), kind="exact",
+                    encoder_fingerprint=sha256_file(run / "encoder.pt"), labels=[i % 10 for i in range(64)],
+                    sources=[f"random/{i}" for i in range(64)], classes=classes, pixels=images)
+    home = root / "home"
+    publish_bundle(ArtifactHome(home), encoder_file=run / "encoder.pt", classifier_file=run / "classifier.pt", index_dir=run / "index",
+                   spec=spec, class_names=classes, metrics={})
+    return home
+
+
+Measure = Callable[..., dict[str, object]]
+
+
+def run_comparisons(*, url: str, home: Path, png: Path, image: np.ndarray, connections: list[int], seconds: int, wrk_threads: int, warmup: int,
+                    bundle_dir: Path, env: dict[str, str], max_batch_size: int, wait_ms: float, ours_png_c32: float,
+                    measure: Measure, wrk: Callable[..., dict[str, object]], start_server: Callable[..., subprocess.Popen[bytes]],
+                    free_port: Callable[[], int], raw_heavy: Callable[[Path], float], server_pid: int) -> dict[str, object]:
+    """Photo, logging, peer and heavy-model measurements; ``url``/``server_pid``: our server, running with ``env``."""
+    out: dict[str, object] = {"runs": []}
+    runs: list[dict[str, object]] = out["runs"]  # type: ignore[assignment]
+
+    def table(label: str, target: str, script_args: list[str], pid: int, peer: bool = False) -> dict[int, float]:
+        if warmup > 0:
+            wrk(target, max(connections), warmup, wrk_threads, script_args)
+        rates = {}
+        for c in connections:
+            r = measure(target, label, c, seconds, wrk_threads, script_args, pid, scrape_errors=not peer)
+            runs.append(r)
+            rates[c] = r["requests_per_s"]
+            print(f"  {label:34s} c={c:<3d} {r['requests_per_s']:9.1f} req/s  p99 {r['latency_ms']['p99']} ms  errors {r['errors']['total']}",
+                  flush=True)
+        return rates
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp_path = Path(tmp)
+        photo = photo_jpeg(image, tmp_path / "photo.jpg")
+        out["photo_bytes"] = photo.stat().st_size
+        ours_photo = table("ours POST /classify (photo)", url, ["upload", str(photo), "/classify"], server_pid)
+
+        # Logging off: our server again with SIMCLR_LOG_LEVEL=warning, PNG at the highest concurrency.
+        port = free_port()
+        quiet = start_server(home, port, {**env, "SIMCLR_LOG_LEVEL": "warning"}, tmp_path / "quiet.log")
+        try:
+            c = max(connections)
+            r = measure(f"http://127.0.0.1:{port}", "ours POST /classify (logging off)", c, seconds, wrk_threads,
+                        ["classify", str(png)], quiet.pid, scrape_errors=True)
+            runs.append(r)
+            print(f"  logging off c={c}: {r['requests_per_s']} req/s (default logging: {ours_png_c32})", flush=True)
+            logging_off = r["requests_per_s"]
+        finally:
+            stop(quiet)
+
+        port = free_port()
+        peer = start_peer(bundle_dir, port, tmp_path / "peer.log", max_batch_size, wait_ms)
+        peer_url = f"http://127.0.0.1:{port}"
+        try:
+            peer_png = table("peer POST /classify (png)", peer_url, ["classify", str(png)], peer.pid, peer=True)
+            peer_photo = table("peer POST /classify (photo)", peer_url, ["upload", str(photo), "/classify"], peer.pid, peer=True)
+        finally:
+            stop(peer)
+
+        heavy = heavy_home(tmp_path / "heavy")
+        from core.home import ArtifactHome
+
+        heavy_raw = raw_heavy(ArtifactHome(heavy).bundle_dir(ArtifactHome(heavy).current_version()))
+        port = free_port()
+        server = start_server(heavy, port, env, tmp_path / "heavy.log")
+        try:
+            heavy_url = f"http://127.0.0.1:{port}"
+            c = max(connections)
+            if warmup > 0:
+                wrk(heavy_url, c, warmup, wrk_threads, ["classify", str(png)])
+            r = measure(heavy_url, "ours POST /classify (ResNet-18 width 64)", c, seconds, wrk_threads, ["classify", str(png)],
+                        server.pid, scrape_errors=True)
+            runs.append(r)
+            print(f"  heavy model c={c}: {r['requests_per_s']} req/s, raw {heavy_raw} images/s", flush=True)
+        finally:
+            stop(server)
+    top = max(connections)
+    out.update({
+        "peer": {"server": "litserve", "script": "benchmarks/peer_litserve.py", "png": peer_png, "photo": peer_photo},
+        "ours_photo": ours_photo,
+        "logging": {"default_requests_per_s": ours_png_c32, "off_requests_per_s": logging_off},
+        "heavy_model": {"backbone": "resnet18 width 64", "raw_images_per_s": heavy_raw, "classify_requests_per_s": r["requests_per_s"]},
+        "peer_ratio_png_c32": round(ours_png_c32 / peer_png[top], 3),
+        "peer_ratio_photo_c32": round(ours_photo[top] / peer_photo[top], 3),
+        "photo_requests_per_s_c32": ours_photo[top],
+        "default_log_ratio": round(ours_png_c32 / logging_off, 3),
+        "heavy_model_classify_over_raw_c32": round(r["requests_per_s"] / heavy_raw, 3),
+    })
+    return out
