@@ -9,6 +9,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -35,8 +37,8 @@ def photo_jpeg(image: np.ndarray, path: Path, size: tuple[int, int] = (1600, 120
 def start_peer(bundle_dir: Path, port: int, log: Path, max_batch_size: int, wait_ms: float) -> subprocess.Popen[bytes]:
     cmd = [sys.executable, str(ROOT / "benchmarks" / "peer_litserve.py"), "--bundle", str(bundle_dir), "--port", str(port),
            "--max-batch-size", str(max_batch_size), "--batch-timeout-ms", str(wait_ms)]
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+    with open(log, "wb") as out:  # its own process group: LitServe's workers outlive a terminated parent
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -51,13 +53,24 @@ def start_peer(bundle_dir: Path, port: int, log: Path, max_batch_size: int, wait
     raise RuntimeError(f"the peer was not ready within 180 s:\n{log.read_text()[-3000:]}")
 
 
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.terminate()
+def stop(proc: subprocess.Popen[bytes], group: bool = False) -> None:
+    """Stop a server; ``group``: its whole process group (the peer's inference workers, left alone, spin at
+    100% CPU and would skew every later measurement)."""
+    if group:
+        os.killpg(proc.pid, signal.SIGTERM)
+    else:
+        proc.terminate()
     try:
         proc.wait(30)
     except subprocess.TimeoutExpired:
-        proc.kill()
+        os.killpg(proc.pid, signal.SIGKILL) if group else proc.kill()
         proc.wait()
+    if group:
+        time.sleep(1)
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # any worker still there
+        except ProcessLookupError:
+            pass
 
 
 def heavy_home(root: Path) -> Path:
@@ -135,7 +148,7 @@ def run_comparisons(*, url: str, home: Path, png: Path, image: np.ndarray, conne
             peer_png = table("peer POST /classify (png)", peer_url, ["classify", str(png)], peer.pid, peer=True)
             peer_photo = table("peer POST /classify (photo)", peer_url, ["upload", str(photo), "/classify"], peer.pid, peer=True)
         finally:
-            stop(peer)
+            stop(peer, group=True)
 
         heavy = heavy_home(tmp_path / "heavy")
         from core.home import ArtifactHome

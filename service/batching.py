@@ -6,7 +6,14 @@ work: classify, embed+search) runs one asyncio task that waits for a first item,
 then for more while requests are on their way (still preparing their upload) but at most
 ``max_wait`` seconds, and hands at most ``max_size`` items to ``fn`` in the model
 thread. So a lone request never waits for company that is not coming, and under
-load the requests that arrive during one forward pass form the next batch. ``fn``
+load the requests that arrive during one forward pass form the next batch.
+
+The wait is skipped while the model is the bottleneck: when the last batch took at
+least :data:`SATURATED` times ``max_wait``, the requests on their way arrive during
+the next pass anyway, and waiting for them only idles the model. Measured with a
+full-width ResNet-18 (~95 ms per batch, 2 workers, 32 connections): 112-114
+requests/s waiting 5 ms, 134-136 not waiting. A narrow model's batches (10-25 ms)
+still wait: there the wait fills batches that would otherwise go out half empty. ``fn``
 may answer an item with an exception (an image that does not decode): that item's
 request raises it, the others get their results.
 
@@ -34,6 +41,8 @@ from typing import Any, Generic, TypeVar
 from core.bundles import LoadedBundle
 
 log = logging.getLogger("service")
+
+SATURATED = 10  # a batch that took this many max_waits: the model is the bottleneck, do not wait
 
 In = TypeVar("In")
 Out = TypeVar("Out")
@@ -66,6 +75,7 @@ class Batcher(Generic[In, Out]):
         self._arrived = asyncio.Event()
         self._coming = 0  # requests inside incoming(): they will submit soon
         self._task: asyncio.Task[None] | None = None
+        self._last_run = 0.0  # seconds the last batch took in the model thread
 
     @contextmanager
     def incoming(self) -> Iterator[None]:
@@ -116,7 +126,7 @@ class Batcher(Generic[In, Out]):
         while True:
             while not self._pending:
                 await self._wait_for_arrival(None)
-            deadline = loop.time() + self.max_wait
+            deadline = loop.time() + (self.max_wait if self._last_run < SATURATED * self.max_wait else 0.0)
             while len(self._pending) < self.max_size and self._coming and (left := deadline - loop.time()) > 0:
                 if not await self._wait_for_arrival(left):
                     break
@@ -127,7 +137,9 @@ class Batcher(Generic[In, Out]):
             if self.on_batch is not None:
                 self.on_batch(len(batch))
             try:
+                started = loop.time()
                 results = await loop.run_in_executor(self.executor, self.fn, batch[0].bundle, [p.item for p in batch])
+                self._last_run = loop.time() - started
             except Exception as e:  # noqa: BLE001 - a bug in fn fails this batch's requests, not the batcher
                 log.exception("batched %s failed", getattr(self.fn, "__name__", "work"))
                 for p in batch:

@@ -53,3 +53,41 @@ def test_an_item_answered_with_an_exception_fails_only_its_own_request() -> None
             await batcher.close()
 
     asyncio.run(go())
+
+
+def test_a_request_on_its_way_is_waited_for_unless_the_model_is_the_bottleneck() -> None:
+    """While a request is preparing its upload (``incoming``), a batch waits up to ``max_wait`` for it -- unless the
+    last batch took at least SATURATED x max_wait: then it goes at once (requests arrive during the next pass anyway)."""
+    import time
+
+    from service.batching import SATURATED
+
+    max_wait = 0.1
+    slow = {"seconds": 0.0}
+    started: list[float] = []
+
+    def fn(bundle: object, items: list[int]) -> list[int]:
+        started.append(time.perf_counter())
+        time.sleep(slow["seconds"])
+        return items
+
+    async def dispatch_delay(batcher: Batcher) -> float:
+        with batcher.incoming():  # a request on its way that never submits during the wait
+            t = time.perf_counter()
+            await batcher.submit(None, 1)
+            return started[-1] - t
+
+    async def go() -> tuple[float, float]:
+        with ThreadPoolExecutor(1) as executor:
+            batcher = Batcher(fn, executor, max_size=8, max_wait=max_wait)
+            await batcher.submit(None, 0)  # a fast batch
+            waited = await dispatch_delay(batcher)
+            slow["seconds"] = SATURATED * max_wait
+            await batcher.submit(None, 0)  # a batch that took SATURATED x max_wait
+            slow["seconds"] = 0.0
+            not_waited = await dispatch_delay(batcher)
+            await batcher.close()
+            return waited, not_waited
+
+    waited, not_waited = asyncio.run(go())
+    assert waited >= 0.8 * max_wait and not_waited < 0.5 * max_wait
