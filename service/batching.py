@@ -11,9 +11,10 @@ load the requests that arrive during one forward pass form the next batch.
 The wait is skipped while the model is the bottleneck: when the last batch took at
 least :data:`SATURATED` times ``max_wait``, the requests on their way arrive during
 the next pass anyway, and waiting for them only idles the model. Measured with a
-full-width ResNet-18 (~95 ms per batch, 2 workers, 32 connections): 112-114
-requests/s waiting 5 ms, 134-136 not waiting. A narrow model's batches (10-25 ms)
-still wait: there the wait fills batches that would otherwise go out half empty. ``fn``
+full-width ResNet-18 (~100 ms per batch, 2 workers, 32 connections), the code before
+and after this rule alternating: 174.9 and 154.1 requests/s waiting 5 ms, 193.1 and
+185.2 not waiting. A narrow model's batches (10-25 ms) still wait: there the wait
+fills batches that would otherwise go out half empty. ``fn``
 may answer an item with an exception (an image that does not decode): that item's
 request raises it, the others get their results.
 
