@@ -107,13 +107,14 @@ def load_vectors(work: Path, crops_: int) -> np.ndarray:
 
 def latency(index: faiss.Index, queries: np.ndarray, n: int) -> dict[str, float]:
     """Single-query latency in ms over the first ``n`` queries, one thread."""
+    threads = faiss.omp_get_max_threads()
     faiss.omp_set_num_threads(1)
     times = []
     for q in queries[:n]:
         t = time.perf_counter()
         index.search(q[None], K)
         times.append((time.perf_counter() - t) * 1e3)
-    faiss.omp_set_num_threads(a_threads)
+    faiss.omp_set_num_threads(threads)
     return {"p50_ms": round(float(np.percentile(times, 50)), 4), "p99_ms": round(float(np.percentile(times, 99)), 4)}
 
 
@@ -231,11 +232,7 @@ def stage_service(a: argparse.Namespace, work: Path) -> dict[str, object]:
     return out
 
 
-a_threads = 2
-
-
 def main() -> None:
-    global a_threads
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--home", default="artifacts", help="artifact home with a published model (default: %(default)s)")
     p.add_argument("--data", default="../shared/datasets/cifar10-jpeg", help="CIFAR-10 as an image folder (default: %(default)s)")
@@ -248,7 +245,6 @@ def main() -> None:
     a = p.parse_args()
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
-    a_threads = faiss.omp_get_max_threads()
     stages = a.stages.split(",")
     out_path = Path(a.out)
     result = json.loads(out_path.read_text()) if out_path.exists() else {}

@@ -18,7 +18,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import httpx
 import numpy as np
 import torch
 from PIL import Image
@@ -39,18 +38,9 @@ def start_peer(bundle_dir: Path, port: int, log: Path, max_batch_size: int, wait
            "--max-batch-size", str(max_batch_size), "--batch-timeout-ms", str(wait_ms)]
     with open(log, "wb") as out:  # its own process group: LitServe's workers outlive a terminated parent
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the peer exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
-                return proc
-        except httpx.TransportError:
-            pass
-        time.sleep(0.5)
-    proc.terminate()
-    raise RuntimeError(f"the peer was not ready within 180 s:\n{log.read_text()[-3000:]}")
+    from service_load import wait_ready  # the script that imports this module, already loaded
+
+    return wait_ready(proc, f"http://127.0.0.1:{port}/health", log, timeout=180)
 
 
 def stop(proc: subprocess.Popen[bytes], group: bool = False) -> None:
@@ -63,7 +53,10 @@ def stop(proc: subprocess.Popen[bytes], group: bool = False) -> None:
     try:
         proc.wait(30)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL) if group else proc.kill()
+        if group:
+            os.killpg(proc.pid, signal.SIGKILL)
+        else:
+            proc.kill()
         proc.wait()
     if group:
         time.sleep(1)

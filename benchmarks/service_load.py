@@ -206,22 +206,27 @@ def measure(url: str, endpoint: str, connections: int, seconds: int, threads: in
     }
 
 
-def start_server(home: Path, port: int, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    cmd = [sys.executable, "-m", "service", "--home", str(home), "--port", str(port)]
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 120
+def wait_ready(proc: subprocess.Popen[bytes], url: str, log: Path, timeout: float = 120) -> subprocess.Popen[bytes]:
+    """``proc`` once ``url`` answers 200; its log's tail in the error if it exits or is not ready in ``timeout`` s."""
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"the server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+            raise RuntimeError(f"{url}: the server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
         try:
-            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
+            if httpx.get(url, timeout=2).status_code == 200:
                 return proc
         except httpx.TransportError:
             pass
         time.sleep(0.2)
     proc.terminate()
-    raise RuntimeError(f"the server was not ready within 120 s:\n{log.read_text()[-3000:]}")
+    raise RuntimeError(f"{url}: not ready within {timeout:.0f} s:\n{log.read_text()[-3000:]}")
+
+
+def start_server(home: Path, port: int, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    cmd = [sys.executable, "-m", "service", "--home", str(home), "--port", str(port)]
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT)
+    return wait_ready(proc, f"http://127.0.0.1:{port}/readyz", log)
 
 
 def main() -> None:

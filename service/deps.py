@@ -39,10 +39,7 @@ StoreDep = Annotated[ModelStore, Depends(get_store)]
 
 def served_bundle(store: ModelStore) -> LoadedBundle:
     """The store's bundle, taken once for a request's whole life (a reload may swap the store's); 503 if none."""
-    bundle = store.bundle
-    if bundle is None:
-        raise HTTPException(status_code=503, detail=store.unavailable_detail())
-    return bundle
+    return served_view(store).bundle
 
 
 async def get_bundle(store: StoreDep) -> LoadedBundle:

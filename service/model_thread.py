@@ -50,7 +50,7 @@ def _probabilities(bundle: LoadedBundle, pixels: np.ndarray) -> np.ndarray:
     return logits.float().softmax(dim=1).numpy()
 
 
-def _embeddings(bundle: LoadedBundle, pixels: np.ndarray) -> np.ndarray:
+def embeddings(bundle: LoadedBundle, pixels: np.ndarray) -> np.ndarray:
     """``(B, D)`` float32 unit embeddings of uint8 ``(B, 3, H, W)`` pixels: one forward pass."""
     norm = bundle.manifest.normalization
     x = torch.from_numpy(pixels)
@@ -68,7 +68,7 @@ def embed(bundle: LoadedBundle, uploads: Sequence[Upload]) -> list[np.ndarray | 
     """The unit embedding ``(D,)`` float32 of each upload (inner product = cosine similarity,
     as the index's); an upload that does not decode gets its error."""
     batch = _decode(bundle, uploads)
-    return batch.answers(list(_embeddings(bundle, batch.pixels)) if batch.rows else [])
+    return batch.answers(list(embeddings(bundle, batch.pixels)) if batch.rows else [])
 
 
 def embed_and_search(
@@ -83,7 +83,7 @@ def embed_and_search(
         return batch.answers([])
     queries = [items[i] for i in batch.rows]
     ks = [q[1] for q in queries]
-    vectors = _embeddings(bundle, batch.pixels)
+    vectors = embeddings(bundle, batch.pixels)
     plain = [j for j, q in enumerate(queries) if len(q) == 2]
     results: list[tuple[np.ndarray, np.ndarray]] = [None] * len(queries)  # type: ignore[list-item]
     if plain:

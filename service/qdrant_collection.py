@@ -50,16 +50,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import torch
 from PIL import Image
 from qdrant_client import QdrantClient
 from qdrant_client import models as qm
 
-from core import models
 from core.bundles import LoadedBundle
 from core.collection import MAX_ID, CollectionError
 from core.images import to_array
 from service.collection import Written
+from service.model_thread import embeddings
 from service.search_parts import APPROXIMATE_MACS
 from service.settings import Settings
 
@@ -171,12 +170,6 @@ class QdrantView:
         return APPROXIMATE_MACS
 
 
-def embed_pixels(bundle: LoadedBundle, pixels: np.ndarray) -> np.ndarray:
-    norm = bundle.manifest.normalization
-    x = torch.from_numpy(pixels)
-    return models.embed(bundle.encoder, x, batch_size=max(1, len(x)), mean=norm.mean, std=norm.std).numpy()
-
-
 class QdrantCollection:
     """The collection's writer and version switcher on Qdrant (module docstring); ``publish(view)``
     installs each new view (the store's), as ``service.collection.LiveCollection`` does."""
@@ -221,7 +214,7 @@ class QdrantCollection:
         size = bundle.manifest.image_size
         for start in range(0, len(puts), 256):
             chunk = puts[start : start + 256]
-            vectors = embed_pixels(bundle, np.stack([stored_pixels(r.payload, size) for r in chunk]))
+            vectors = embeddings(bundle, np.stack([stored_pixels(r.payload, size) for r in chunk]))
             self.client.upsert(name, qm.Batch(ids=[int(r.id) for r in chunk], vectors=vectors.tolist(),
                                                payloads=[{"added": True, "payload": r.payload["payload"]} for r in chunk]), wait=True)
         if gone:

@@ -15,7 +15,8 @@ from qdrant_client import QdrantClient
 from conftest import Bundle, make_images, random_run
 from core.bundles import LoadedBundle, load_bundle
 from core.home import ArtifactHome
-from service.qdrant_collection import QdrantCollection, QdrantView, embed_pixels
+from service.model_thread import embeddings as embed_pixels
+from service.qdrant_collection import QdrantCollection, QdrantView
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")  # local mode warns that it is not for production
 
