@@ -161,7 +161,8 @@ def _cache_key(src: str, split: str, size: int, limit: int | None, seed: int, fi
     """What the decoded tensor depends on: the options and, for a folder, every image file's
     path, size and mtime (so adding, removing, renaming or replacing a file in place all
     invalidate it; the pixels are not hashed, a stat per file is cheap and a read is not)."""
-    h = hashlib.sha256("|".join([src, split, str(size), str(limit), str(seed), f"decode{DECODE_VERSION}"]).encode())
+    subset_seed = seed if limit is not None else 0  # the seed picks the subset only: without a limit every seed shares a cache
+    h = hashlib.sha256("|".join([src, split, str(size), str(limit), str(subset_seed), f"decode{DECODE_VERSION}"]).encode())
     for f in files or []:
         st = f.stat()
         h.update(f"|{f}|{st.st_size}|{st.st_mtime_ns}".encode())
@@ -209,17 +210,73 @@ def load_split(
     return ds
 
 
-def stratified_indices(labels: torch.Tensor, fraction: float, seed: int = 0) -> torch.Tensor:
+def stratified_indices(labels: torch.Tensor, fraction: float, seed: int = 0, exclude: torch.Tensor | None = None) -> torch.Tensor:
     """Indices of a labelled subset with ``round(fraction * n_c)`` images of every class c.
 
-    Fixed by ``seed``: the same labels and seed always give the same subset.
+    Fixed by ``seed``: the same labels and seed always give the same subset. ``exclude``: a
+    boolean mask of images never chosen (the count stays a fraction of the whole class).
     """
     if not 0 < fraction <= 1:
         raise ValueError(f"fraction must be in (0, 1], got {fraction}")
     g = torch.Generator().manual_seed(seed)
     chosen = []
     for c in torch.unique(labels[labels >= 0]).tolist():
-        idx = torch.nonzero(labels == c).flatten()
-        k = max(1, round(fraction * len(idx)))
+        in_class = labels == c
+        k = max(1, round(fraction * int(in_class.sum())))
+        idx = torch.nonzero(in_class if exclude is None else in_class & ~exclude).flatten()
         chosen.append(idx[torch.randperm(len(idx), generator=g)[:k]])
     return torch.sort(torch.cat(chosen)).values
+
+
+# The validation split and the labelled fraction are drawn with this seed, whatever the run's
+# seed: every run and every candidate recipe is judged on the same images and trained on the
+# same labels, so seeds change only initialisation, augmentation and order.
+SPLIT_SEED = 0
+
+
+@dataclass(frozen=True)
+class TrainSplit:
+    """What each stage may use of a labelled training split (indices into it, sorted).
+
+    validation: held out of every stage (pretraining, the kNN bank, fine-tuning, distillation)
+        and scored, so recipe choices are made on it and the test split is scored once.
+    labelled: the labelled fraction classifiers are trained on, outside validation.
+    unlabelled_pool: every image outside validation (pretraining and distillation use them without labels).
+    """
+
+    validation: torch.Tensor
+    labelled: torch.Tensor
+    unlabelled_pool: torch.Tensor
+
+
+def outside(idx: torch.Tensor, n: int) -> torch.Tensor:
+    """The indices in ``range(n)`` that are not in ``idx``, sorted."""
+    keep = torch.ones(n, dtype=torch.bool)
+    keep[idx] = False
+    return torch.nonzero(keep).flatten()
+
+
+def validation_indices(labels: torch.Tensor, validation: int) -> torch.Tensor:
+    """A stratified split of ``validation`` training images (drawn with :data:`SPLIT_SEED`); none for 0
+    or for data that is not all labelled (a validation split is scored against labels)."""
+    n = len(labels)
+    if validation <= 0 or not n or not bool((labels >= 0).all()):
+        return torch.zeros(0, dtype=torch.long)
+    if validation >= n:
+        raise ValueError(f"a validation split of {validation} images leaves none of the {n} training images to train on")
+    return stratified_indices(labels, validation / n, SPLIT_SEED + 1)
+
+
+def split_train(labels: torch.Tensor, label_fraction: float, validation: int) -> TrainSplit:
+    """:func:`validation_indices`, then ``label_fraction`` of each class's images from the rest
+    (drawn with :data:`SPLIT_SEED`; none when the data has no labels).
+
+    With ``validation`` 0 the labelled fraction is ``stratified_indices(labels, label_fraction, 0)``,
+    the subset runs without a validation split have always used.
+    """
+    held = validation_indices(labels, validation)
+    mask = torch.zeros(len(labels), dtype=torch.bool)
+    mask[held] = True
+    has_labels = bool((labels >= 0).any())
+    labelled = stratified_indices(labels, label_fraction, SPLIT_SEED, exclude=mask) if has_labels else torch.zeros(0, dtype=torch.long)
+    return TrainSplit(held, labelled, outside(held, len(labels)))

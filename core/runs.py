@@ -7,6 +7,8 @@
     loss.png           the loss curve
     classifier.pt      fine-tuned encoder + linear head
     finetune.json      the fine-tune's config, data, classes and metrics
+    student.pt         the classifier distilled from classifier.pt (same architecture); served when present
+    distill.json       the distillation's config, data, classes and metrics
     index/             what publishing packs (``core.index_files``)
     eval/<row>.json    one evaluation row each (``simclr evaluate``)
     report/            REPORT.md and its figures (``simclr report``)
@@ -59,6 +61,8 @@ class RunPaths:
     loss_plot = property(lambda self: self.dir / "loss.png")
     classifier = property(lambda self: self.dir / "classifier.pt")
     finetune = property(lambda self: self.dir / "finetune.json")
+    student = property(lambda self: self.dir / "student.pt")
+    distill = property(lambda self: self.dir / "distill.json")
     index_dir = property(lambda self: self.dir / "index")
     eval_dir = property(lambda self: self.dir / "eval")
     report_dir = property(lambda self: self.dir / "report")
@@ -107,6 +111,13 @@ class RunPaths:
         raw = json.loads(self.finetune.read_text())
         raw.setdefault("eval_split", raw.pop("test_split", "test"))  # runs written before eval_split
         return FinetuneRecord.model_validate(raw)
+
+    # distill.json
+    def write_distill(self, record: FinetuneRecord) -> None:
+        atomic_write_json(self.distill, record.model_dump())
+
+    def read_distill(self) -> FinetuneRecord | None:
+        return FinetuneRecord.model_validate_json(self.distill.read_text()) if self.distill.exists() else None
 
     # eval/<row>.json
     def eval_result(self, row: str) -> Path:

@@ -14,10 +14,10 @@ import sys
 from dataclasses import replace
 from typing import Any
 
-from training.config import PRESETS, FinetuneConfig, PretrainConfig, with_overrides
+from training.config import PRESETS, DistillConfig, FinetuneConfig, PretrainConfig, with_overrides
 
-P, F = PretrainConfig(), FinetuneConfig()
-EVAL_GROUPS = ("linear", "finetune", "random", "supervised", "knn")  # training.evaluation_suite.GROUPS, without importing torch
+P, F, D = PretrainConfig(), FinetuneConfig(), DistillConfig()
+EVAL_GROUPS = ("linear", "finetune", "random", "supervised", "knn", "distill")  # training.evaluation_suite.GROUPS, without importing torch
 STEMS = ("auto", "cifar", "stride2", "pool")  # "auto" and core.models.STEMS, without importing torch
 MIN_IMAGE_SIZE = 16  # the ResNet's last stage is then 2x2 with the CIFAR stem
 
@@ -119,7 +119,10 @@ def add_pretrain_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--limit", type=positive_int, help="use at most N images of each split, a fixed random subset (default: all)")
     g.add_argument("--knn-bank", type=positive_int, help="train images in the kNN monitor's memory bank (default: all)")
     g.add_argument("--knn-every", type=int, help=f"epochs between kNN accuracy checks, 0 for never (default: {P.knn_every})")
-    g.add_argument("--seed", type=int, help=f"(default: {P.seed})")
+    g.add_argument("--seed", type=int, help=f"seeds the whole run: initialisation, augmentation, order (default: {P.seed})")
+    g.add_argument("--validation", type=non_negative_int,
+                   help="labelled training images held out of every stage and scored, to choose recipes on instead of the "
+                   f"test split; a stratified subset, the same for every seed (default: {P.validation}; the cpu preset: 5000)")
     g.add_argument("--device", help=DEVICE_HELP)
     g.add_argument("--compile", action="store_true", default=None, help="torch.compile the model: ~1 min to compile, faster steps (default: off)")
     g.add_argument("--sync-bn", action="store_true", default=None, help="SyncBatchNorm across torchrun processes (default: off)")
@@ -135,6 +138,15 @@ def add_finetune_flags(p: argparse.ArgumentParser, prefix: str = "") -> None:
     g.add_argument("--label-smoothing", type=float, help=f"cross-entropy label smoothing (default: {F.label_smoothing})")
     g.add_argument("--head-init", choices=("random", "probe"), help=f"probe: start from a linear probe's head, LP-FT (default: {F.head_init})")
     g.add_argument("--cutout", type=int, help=f"side in pixels of a Cutout square added to crop + flip, 0 = none (default: {F.cutout})")
+
+
+def add_distill_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("distillation (a student trained on every training image against the fine-tuned classifier)")
+    g.add_argument("--distill-time", type=duration,
+                   help="wall-clock time of distillation, e.g. 30m; 0 for none (default: the preset's; none without a preset)")
+    g.add_argument("--distill-epochs", type=positive_int, help=f"distil for this many epochs instead (default: {D.epochs})")
+    g.add_argument("--distill-lr", type=float, help=f"Adam learning rate of the student (default: {D.lr})")
+    g.add_argument("--distill-temperature", type=float, help=f"softmax temperature of the teacher's targets (default: {D.temperature})")
 
 
 def resolve(base: Any, preset: dict[str, Any], flags: dict[str, Any]) -> Any:
@@ -163,6 +175,17 @@ def finetune_config(a: argparse.Namespace) -> FinetuneConfig:
     return resolve(F, PRESETS.get(a.preset or "", {}).get("finetune", {}), flags)
 
 
+def distill_config(a: argparse.Namespace) -> DistillConfig | None:
+    """The distillation settings the flags and preset ask for; None when they ask for none (no preset
+    entry and no --distill-* flag, or --distill-time 0)."""
+    preset = PRESETS.get(a.preset or "", {}).get("distill")
+    flags = {"epochs": a.distill_epochs, "time_budget": a.distill_time, "lr": a.distill_lr,
+             "temperature": a.distill_temperature, "device": a.device}
+    if a.distill_time == 0 or (preset is None and all(v is None for k, v in flags.items() if k != "device")):
+        return None
+    return resolve(D, preset or {}, flags)
+
+
 def cmd_pretrain(a: argparse.Namespace) -> None:
     from core.home import ArtifactHome
     from training import pretrain
@@ -185,6 +208,19 @@ def cmd_finetune(a: argparse.Namespace) -> None:
 
     home = ArtifactHome(a.home)
     finetune.main(finetune_config(a), home, home.run(a.run), data=a.data, limit=a.limit)
+
+
+def cmd_distill(a: argparse.Namespace) -> None:
+    from core.home import ArtifactHome
+    from training import distill
+
+    home = ArtifactHome(a.home)
+    cfg = distill_config(a)
+    if cfg is None:  # the command itself asks for a distillation: the defaults, unless --distill-time 0
+        if a.distill_time == 0:
+            sys.exit("simclr distill: error: --distill-time 0 asks for no distillation")
+        cfg = resolve(D, {}, {"device": a.device})
+    distill.main(cfg, home, home.run(a.run), data=a.data, limit=a.limit)
 
 
 def cmd_index(a: argparse.Namespace) -> None:
@@ -226,7 +262,7 @@ def missing_labels(home: Any, run: Any) -> str | None:
 def cmd_refresh(a: argparse.Namespace) -> None:
     from core.home import ArtifactHome
     from index import build
-    from training import finetune, pretrain
+    from training import distill, finetune, pretrain
     from training.publish import publish_run
 
     home = ArtifactHome(a.home)
@@ -236,6 +272,9 @@ def cmd_refresh(a: argparse.Namespace) -> None:
     why = missing_labels(home, run)
     if why is None:
         finetune.main(finetune_config(a), home, run)
+        dcfg = distill_config(a)
+        if dcfg is not None:  # distill.main says so and skips when every training image is labelled
+            distill.main(dcfg, home, run)
     else:
         print(f"skipping fine-tuning: {why}. The model is published without a classifier: it serves embeddings and "
               "neighbours, and POST /classify answers 409. For a classifier, put the images in one subfolder per class "
@@ -253,7 +292,7 @@ def cmd_evaluate(a: argparse.Namespace) -> None:
     flags = {"epochs": a.epochs, "time_budget": a.time_budget, "device": a.device}
     cfg = resolve(F, PRESETS.get(a.preset or "", {}).get("finetune", {}), flags)
     home = ArtifactHome(a.home)
-    evaluation_suite.main(cfg, home, home.run(a.run), groups, data=a.data, limit=a.limit)
+    evaluation_suite.main(cfg, home, home.run(a.run), groups, data=a.data, limit=a.limit, distill_cfg=distill_config(a))
 
 
 def cmd_report(a: argparse.Namespace) -> None:
@@ -309,6 +348,17 @@ def build_parser() -> argparse.ArgumentParser:
     add_finetune_flags(p, prefix="")
     p.set_defaults(func=cmd_finetune)
 
+    p = sub.add_parser("distill", help="train a student classifier on every training image against the fine-tuned one "
+                       "(and the labelled fraction's labels); the run then publishes the student")
+    add_home(p)
+    add_data(p, None)
+    p.add_argument("--run", help="run id (default: the newest run)")
+    p.add_argument("--limit", type=positive_int, help="at most N images per split (default: the run's)")
+    p.add_argument("--preset", choices=sorted(PRESETS), help="take distillation settings from a preset")
+    add_device(p)
+    add_distill_flags(p)
+    p.set_defaults(func=cmd_distill)
+
     p = sub.add_parser("index", help="embed an image split with a run's encoder into a FAISS index")
     add_home(p)
     add_data(p, None)
@@ -331,6 +381,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_data(p)
     add_pretrain_flags(p)
     add_finetune_flags(p, prefix="ft-")
+    add_distill_flags(p)
     add_index_flags(p)
     p.set_defaults(func=cmd_refresh)
 
@@ -338,15 +389,17 @@ def build_parser() -> argparse.ArgumentParser:
     add_home(p)
     add_data(p, None)
     p.add_argument("--run", help="run id (default: the newest run)")
-    p.add_argument("--rows", default=",".join(EVAL_GROUPS),
+    p.add_argument("--rows", default=",".join(g for g in EVAL_GROUPS if g != "distill"),
                    help="comma-separated row groups: linear (frozen SimCLR encoder, 10%% and 100%% labels), finetune "
                    "(end to end, 10%%), random (linear and fine-tune from a random encoder), supervised (from scratch, "
-                   "10%% and 100%%), knn (weighted, k=200, T=0.1) (default: all: %(default)s)")
+                   "10%% and 100%%), knn (weighted, k=200, T=0.1), distill (the random-init fine-tune distilled as "
+                   "`simclr distill` does: its baseline) (default: %(default)s)")
     p.add_argument("--epochs", type=positive_int, help=f"epochs of every end-to-end row (default: {F.epochs}, or the preset's time budget)")
     p.add_argument("--time-budget", type=duration, help="wall-clock time of every end-to-end row instead, e.g. 25m (default: none)")
     p.add_argument("--preset", choices=sorted(PRESETS), help="take the end-to-end rows' settings from a preset (default: none)")
     p.add_argument("--limit", type=positive_int, help="at most N images per split (default: the run's)")
     add_device(p)
+    add_distill_flags(p)
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("report", help="write runs/<id>/report/REPORT.md: the seed's table beside ours, loss, accuracy and neighbour figures")

@@ -42,6 +42,9 @@ class PretrainConfig:
     knn_temperature: float = 0.1
     knn_bank: int | None = None  # train images in the kNN memory bank (None: all)
     knn_every: int = 1  # epochs between kNN evaluations (0: never)
+    # Labelled training images held out of every stage and scored instead of the test split when
+    # choosing a recipe (core.datasets.split_train); 0: none, the kNN monitor scores the test split.
+    validation: int = 0
     seed: int = 0
     device: str = "auto"
     channels_last: bool = True
@@ -80,7 +83,7 @@ class FinetuneConfig:
     # the encoder; "random": a freshly initialised head.
     head_init: str = "random"
     weight_decay: float = 1e-5
-    seed: int = 0
+    seed: int | None = None  # None: the run's pretraining seed
     device: str = "auto"
 
     def as_dict(self) -> dict[str, Any]:
@@ -89,6 +92,15 @@ class FinetuneConfig:
     @property
     def budget(self) -> Budget:
         return Budget(self.epochs, self.time_budget)
+
+
+@dataclass(frozen=True)
+class DistillConfig(FinetuneConfig):
+    """Distillation (``training.distill``) trains like fine-tuning, on soft targets; the fields it adds."""
+
+    epochs: int = 10
+    # Of the teacher's softmax: above 1 its targets are softer (more of its ranking of the wrong classes).
+    temperature: float = 1.0
 
 
 # The seed's GPU run: ResNet-50, 50 epochs, Adam 1e-3, temperature 0.5, projection 1024.
@@ -133,6 +145,7 @@ CPU = {
         "time_budget": 103 * 60.0,
         "knn_bank": 10000,
         "knn_every": 2,
+        "validation": 5000,
     },
     # Fine-tuning 5,000 labelled images for 15 min is ~200 epochs: regularised with label
     # smoothing 0.1, a 16 px Cutout square (DeVries & Taylor 2017) and weight decay 5e-4,
@@ -148,6 +161,12 @@ def with_overrides(cfg: Any, overrides: dict[str, Any]) -> Any:
     """``cfg`` with the fields named in ``overrides`` replaced (``None`` values are ignored)."""
     names = {f.name for f in fields(cfg)}
     return replace(cfg, **{k: v for k, v in overrides.items() if k in names and v is not None})
+
+
+def with_run_seed(cfg: Any, pretrain: PretrainConfig) -> Any:
+    """``cfg`` (a stage after pretraining) with the run's pretraining seed where it names none, so
+    ``--seed`` seeds a whole run; the labelled fraction is fixed by ``core.datasets.SPLIT_SEED`` instead."""
+    return cfg if cfg.seed is not None else replace(cfg, seed=pretrain.seed)
 
 
 def run_config(run: RunPaths) -> PretrainConfig:

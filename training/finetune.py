@@ -15,13 +15,13 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from core.atomic import atomic_torch_save
-from core.datasets import DataError, ImageSet, has_split, load_split, stratified_indices
+from core.datasets import DataError, ImageSet, TrainSplit, has_split, load_split, split_train
 from core.devices import pick_device, set_threads
 from core.home import ArtifactHome
 from core.models import Classifier, feature_dim, model_outputs
 from core.runs import FinetuneRecord, RunPaths
 from training.augment import crop_flip
-from training.config import FinetuneConfig, PretrainConfig, run_config
+from training.config import FinetuneConfig, PretrainConfig, run_config, with_run_seed
 from training.evaluate import predict, topk_accuracy
 from training.linear_eval import fit_linear
 from training.runtime import autocast, keep_freed_memory, param_groups, seeded_generator, warmup_cosine
@@ -101,24 +101,36 @@ def train_one_epoch(
 
 
 def finetune(
-    encoder: torch.nn.Module,
+    encoder: torch.nn.Module | Classifier,
     spec_dim: int,
     train: ImageSet,
     test: ImageSet,
     cfg: FinetuneConfig,
+    validation: ImageSet | None = None,
+    prefix: str = "finetune",
 ) -> tuple[Classifier, dict[str, float]]:
-    """Fine-tune ``encoder`` + a new linear head on ``train``; score on ``test``. Both on one device."""
+    """Fine-tune ``encoder`` + a new linear head on ``train``, or a whole ``Classifier`` as it is;
+    score on ``test`` (``<prefix>_top1``, ...) and on ``validation`` if given (``<prefix>_val_top1``).
+    All on one device.
+
+    ``train.labels`` are class ids ``(N,)``, or class probabilities ``(N, C)`` (distillation's
+    soft targets: cross-entropy takes either).
+    """
     device = train.images.device
-    torch.manual_seed(cfg.seed)
-    generator = seeded_generator(device, cfg.seed)
+    seed = cfg.seed if cfg.seed is not None else 0  # the stages' main() give the run's seed (with_run_seed)
+    torch.manual_seed(seed)
+    generator = seeded_generator(device, seed)
     start = time.perf_counter()  # the probe of LP-FT counts against a time budget too
-    encoder = encoder.to(device)
-    head = probe_head(encoder, train, len(train.classes)) if cfg.head_init == "probe" else None
-    model = Classifier(encoder, spec_dim, len(train.classes)).to(device).to(memory_format=torch.channels_last)
-    if head is not None:
-        model.fc.load_state_dict(head.state_dict())
-    elif cfg.head_init != "random":
-        raise ValueError(f"unknown head_init {cfg.head_init!r}; choose random or probe")
+    if isinstance(encoder, Classifier):
+        model = encoder.to(device).to(memory_format=torch.channels_last)
+    else:
+        encoder = encoder.to(device)
+        head = probe_head(encoder, train, len(train.classes)) if cfg.head_init == "probe" else None
+        model = Classifier(encoder, spec_dim, len(train.classes)).to(device).to(memory_format=torch.channels_last)
+        if head is not None:
+            model.fc.load_state_dict(head.state_dict())
+        elif cfg.head_init != "random":
+            raise ValueError(f"unknown head_init {cfg.head_init!r}; choose random or probe")
     optimizer = torch.optim.Adam(finetune_groups(model, cfg), lr=cfg.lr)
     steps_per_epoch = max(1, len(train) // cfg.batch_size)
     state = {"epoch": 0}
@@ -126,7 +138,7 @@ def finetune(
     def progress_at() -> float:  # by epochs, the cosine steps once per epoch: fine for a few dozen
         return cfg.budget.progress(state["epoch"], time.perf_counter() - start)
 
-    bar = tqdm(desc="fine-tuning", unit="epoch", total=None if cfg.time_budget else cfg.epochs)
+    bar = tqdm(desc=prefix.replace("finetune", "fine-tuning"), unit="epoch", total=None if cfg.time_budget else cfg.epochs)
     while progress_at() < 1:
         loss = train_one_epoch(model, optimizer, train, cfg, progress_at, generator)
         state["epoch"] += 1
@@ -134,31 +146,37 @@ def finetune(
         bar.set_postfix(loss=f"{loss:.3f}")
     bar.close()
     train_seconds = time.perf_counter() - start
-    scores = predict(model, test.images, device=device)
-    acc = topk_accuracy(scores, test.labels.cpu(), (1, 3))
-    metrics = {
-        "finetune_top1": acc["top1"],
-        "finetune_top3": acc["top3"],
-        "finetune_epochs": float(state["epoch"]),
-        "finetune_seconds": train_seconds,
-        "finetune_labelled": float(len(train)),
-        "finetune_steps_per_epoch": float(steps_per_epoch),
+    metrics = {f"{prefix}_{k}": v for k, v in accuracy(model, test).items()}
+    if validation is not None:
+        metrics |= {f"{prefix}_val_{k}": v for k, v in accuracy(model, validation).items()}
+    metrics |= {
+        f"{prefix}_epochs": float(state["epoch"]),
+        f"{prefix}_seconds": train_seconds,
+        f"{prefix}_labelled": float(len(train)),
+        f"{prefix}_steps_per_epoch": float(steps_per_epoch),
     }
     return model, metrics
 
 
-def evaluation_split(src: str, train: ImageSet, labelled_idx: torch.Tensor, home: ArtifactHome, pcfg: PretrainConfig,
+def accuracy(model: Classifier, data: ImageSet) -> dict[str, float]:
+    """``{"top1", "top3"}`` of ``model`` on ``data`` (class-id labels)."""
+    scores = predict(model, data.images, device=data.images.device)
+    return topk_accuracy(scores, data.labels.cpu(), (1, 3))
+
+
+def evaluation_split(src: str, train: ImageSet, split: TrainSplit, home: ArtifactHome, pcfg: PretrainConfig,
                      limit: int | None) -> tuple[ImageSet, str]:
     """The images a classifier is scored on, and what to call them: the test split when the data
-    has one; otherwise the training images outside the labelled fraction ("held-out train"),
-    never images it was trained on unless there are no others ("train (labelled)", said so)."""
+    has one; otherwise the training images outside the labelled fraction and the validation split
+    ("held-out train"), never images it was trained on unless there are no others ("train (labelled)", said so)."""
     if has_split(src, "test"):
         return load_split(src, "test", data_dir=home.data, image_size=pcfg.image_size, limit=limit, seed=pcfg.seed), "test"
     held_out = torch.ones(len(train), dtype=torch.bool)
-    held_out[labelled_idx] = False
+    held_out[split.labelled] = False
+    held_out[split.validation] = False
     if held_out.any():
         return train.subset(torch.nonzero(held_out).flatten()), "held-out train"
-    return train.subset(labelled_idx), "train (labelled)"
+    return train.subset(split.labelled), "train (labelled)"
 
 
 def main(cfg: FinetuneConfig, home: ArtifactHome, run: RunPaths, data: str | None = None, limit: int | None = None) -> dict[str, float]:
@@ -167,17 +185,23 @@ def main(cfg: FinetuneConfig, home: ArtifactHome, run: RunPaths, data: str | Non
     keep_freed_memory()
     device = pick_device(cfg.device)
     pcfg = run_config(run)
+    cfg = with_run_seed(cfg, pcfg)
     src = data or pcfg.data
     lim = limit if limit is not None else pcfg.limit
     train = load_split(src, "train", data_dir=home.data, image_size=pcfg.image_size, limit=lim, seed=pcfg.seed)
     if not train.labelled:
         raise DataError(f"fine-tuning needs labels: {src} must have one subfolder per class")
-    keep = stratified_indices(train.labels, cfg.label_fraction, cfg.seed)
-    scored, split = evaluation_split(src, train, keep, home, pcfg, lim)
-    labelled = train.subset(keep).to(device)
-    print(f"fine-tuning on {len(labelled)} labelled images ({cfg.label_fraction:.0%}), scoring on {len(scored)} ({split})")
-    model, metrics = finetune(run.load_encoder(), feature_dim(pcfg.encoder_spec), labelled, scored.to(device), cfg)
+    split = split_train(train.labels, cfg.label_fraction, pcfg.validation)
+    scored, name = evaluation_split(src, train, split, home, pcfg, lim)
+    validation = train.subset(split.validation).to(device) if len(split.validation) else None
+    labelled = train.subset(split.labelled).to(device)
+    held = f", validation {len(validation)}" if validation is not None else ""
+    print(f"fine-tuning on {len(labelled)} labelled images ({cfg.label_fraction:.0%}), scoring on {len(scored)} ({name}){held}")
+    model, metrics = finetune(run.load_encoder(), feature_dim(pcfg.encoder_spec), labelled, scored.to(device), cfg, validation)
+    run.distill.unlink(missing_ok=True)  # a student of the previous classifier is stale (record first: see publish)
+    run.student.unlink(missing_ok=True)
     atomic_torch_save(model.cpu().state_dict(), run.classifier)
-    run.write_finetune(FinetuneRecord(config=cfg.as_dict(), data=src, eval_split=split, classes=train.classes, metrics=metrics))
-    print(f"fine-tuned: {split} top-1 {metrics['finetune_top1']:.1%}, top-3 {metrics['finetune_top3']:.1%}")
+    run.write_finetune(FinetuneRecord(config=cfg.as_dict(), data=src, eval_split=name, classes=train.classes, metrics=metrics))
+    val = f"; validation top-1 {metrics['finetune_val_top1']:.1%}" if validation is not None else ""
+    print(f"fine-tuned: {name} top-1 {metrics['finetune_top1']:.1%}, top-3 {metrics['finetune_top3']:.1%}{val}")
     return metrics

@@ -80,10 +80,12 @@ def linear_probe(
     *,
     weight_decays: tuple[float, ...] = WEIGHT_DECAYS,
     seed: int = 0,
+    validation: tuple[torch.Tensor, torch.Tensor] | None = None,
     **fit_kwargs: float,
 ) -> dict[str, float]:
     """``{"top1", "top3", "weight_decay"}``: a linear classifier fitted on the train features (L2 penalty
-    chosen on held-out train features among ``weight_decays``), scored on the test features."""
+    chosen on held-out train features among ``weight_decays``), scored on the test features; with
+    ``validation`` (features, labels) also ``val_top1``, ``val_top3``."""
     # Small problems on CPU: thread start-up and spin-waits cost more than the arithmetic.
     threads = torch.get_num_threads()
     if train_x.device.type == "cpu" and train_x.numel() < SMALL:
@@ -98,4 +100,8 @@ def linear_probe(
         torch.set_num_threads(threads)
     with torch.no_grad():
         scores = head((test_x - mean) / std).float().cpu()
-    return {**topk_accuracy(scores, test_y.cpu(), (1, 3)), "weight_decay": wd}
+        result = {**topk_accuracy(scores, test_y.cpu(), (1, 3)), "weight_decay": wd}
+        if validation is not None:
+            val_scores = head((validation[0] - mean) / std).float().cpu()
+            result |= {f"val_{k}": v for k, v in topk_accuracy(val_scores, validation[1].cpu(), (1, 3)).items()}
+    return result

@@ -26,7 +26,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from core.atomic import atomic_torch_save
-from core.datasets import ImageSet, has_split, load_split
+from core.datasets import ImageSet, has_split, load_split, outside, validation_indices
 from core.devices import set_threads
 from core.home import ArtifactHome
 from core.models import embed
@@ -326,24 +326,32 @@ def refuse_unsupported(cfg: PretrainConfig, env: DistEnv, device: torch.device) 
 
 def load_data(cfg: PretrainConfig, home: ArtifactHome, env: DistEnv,
               device: torch.device) -> tuple[torch.Tensor, ImageSet | None, ImageSet | None]:
-    """The training images on ``device``; on rank 0 also the kNN monitor's bank and test split (else None).
+    """The training images on ``device`` (the validation split left out); on rank 0 also the kNN
+    monitor's bank and the images it scores (else None): the validation split when the config holds
+    one out, else the test split.
 
     Each machine's local rank 0 downloads and decodes first; the other ranks then read its cache.
     """
     with local_rank_zero_first(env):
         train = load_split(cfg.data, "train", data_dir=home.data, image_size=cfg.image_size, limit=cfg.limit, seed=cfg.seed)
-        test = None
-        if env.is_main and has_split(cfg.data, "test") and train.labelled:
-            test = load_split(cfg.data, "test", data_dir=home.data, image_size=cfg.image_size, limit=cfg.limit, seed=cfg.seed)
+        held = validation_indices(train.labels, cfg.validation)
+        scored = None
+        if env.is_main and train.labelled:
+            if len(held):
+                scored = train.subset(held)
+            elif has_split(cfg.data, "test"):
+                scored = load_split(cfg.data, "test", data_dir=home.data, image_size=cfg.image_size, limit=cfg.limit, seed=cfg.seed)
+    if len(held):
+        train = train.subset(outside(held, len(train)))
     if len(train) < cfg.batch_size:
         raise ValueError(f"{len(train)} training images is fewer than one batch ({cfg.batch_size}); lower --batch-size")
     bank = None
-    if test is not None:
+    if scored is not None:
         keep = torch.arange(len(train))
         if cfg.knn_bank is not None and cfg.knn_bank < len(train):
             keep = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.seed))[: cfg.knn_bank]
-        bank, test = train.subset(keep).to(device), test.to(device)
-    return train.images.to(device), bank, test
+        bank, scored = train.subset(keep).to(device), scored.to(device)
+    return train.images.to(device), bank, scored
 
 
 def build_model(cfg: PretrainConfig, env: DistEnv, device: torch.device) -> SimCLRModel:

@@ -17,15 +17,26 @@ def run_metrics(run: RunPaths) -> tuple[FinetuneRecord | None, dict[str, float]]
     if not run.index_dir.exists():
         raise FileNotFoundError(f"run {run.run_id} has no index; run `simclr index --run {run.run_id}`")
     metrics = {k: float(v) for k, v in record.metrics.items()} if record is not None else {}
+    student = served_student(run)
+    if student is not None:
+        metrics |= {k: float(v) for k, v in student.metrics.items()}
     history = run.metrics_history()
     if history:
         last = history[-1]
         metrics["pretrain_epochs"] = float(last["epoch"])
         metrics["pretrain_loss"] = float(last["loss"])
         metrics["pretrain_seconds"] = float(last["train_seconds"])
-        if "knn_top1" in last:
-            metrics["knn_top1"] = float(last["knn_top1"])
+        if "knn_top1" in last:  # on the validation split when the run held one out (training.pretrain.load_data)
+            held_out = run.pretrain_config().get("validation", 0)
+            metrics["knn_val_top1" if held_out else "knn_top1"] = float(last["knn_top1"])
     return record, metrics
+
+
+def served_student(run: RunPaths) -> FinetuneRecord | None:
+    """The run's distillation record when its student is complete (both files); it is then the
+    classifier published. A distillation that stopped between its files leaves the teacher served."""
+    record = run.read_distill()
+    return record if record is not None and run.student.exists() else None
 
 
 def publish_run(home: ArtifactHome, run: RunPaths, make_current: bool = True) -> str:
@@ -42,7 +53,7 @@ def publish_run(home: ArtifactHome, run: RunPaths, make_current: bool = True) ->
     return publish_bundle(
         home,
         encoder_file=run.encoder,
-        classifier_file=run.classifier if record is not None else None,
+        classifier_file=(run.student if served_student(run) else run.classifier) if record is not None else None,
         index_dir=run.index_dir,
         spec=run.encoder_spec(),
         class_names=record.classes if record is not None else [],

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from core.datasets import DataError, load_split, stratified_indices
+from core.datasets import DataError, load_split, split_train, stratified_indices
 
 
 def test_folder_split_loads_labels_and_classes(tiny_folder: Path, tmp_path: Path) -> None:
@@ -69,6 +69,29 @@ def test_stratified_split_size_per_class_and_reproducible() -> None:
     assert torch.bincount(labels[a]).tolist() == [50] * 10
     assert torch.equal(a, stratified_indices(labels, 0.1, seed=0))
     assert not torch.equal(a, stratified_indices(labels, 0.1, seed=1))
+
+
+def test_the_validation_split_is_stratified_disjoint_and_the_same_for_every_run() -> None:
+    labels = torch.arange(10).repeat_interleave(500)
+    split = split_train(labels, 0.1, validation=500)
+    assert torch.bincount(labels[split.validation]).tolist() == [50] * 10
+    assert torch.bincount(labels[split.labelled]).tolist() == [50] * 10  # 10% of each whole class, outside validation
+    assert not set(split.validation.tolist()) & set(split.labelled.tolist())
+    assert sorted(split.validation.tolist() + split.unlabelled_pool.tolist()) == list(range(5000))
+    assert set(split.labelled.tolist()) <= set(split.unlabelled_pool.tolist())
+    again = split_train(labels, 0.1, validation=500)
+    assert torch.equal(split.validation, again.validation) and torch.equal(split.labelled, again.labelled)
+    # Without a validation split, the labelled fraction is the subset runs have always used.
+    none = split_train(labels, 0.1, validation=0)
+    assert len(none.validation) == 0 and len(none.unlabelled_pool) == 5000
+    assert torch.equal(none.labelled, stratified_indices(labels, 0.1, seed=0))
+
+
+def test_unlabelled_data_has_no_validation_split_and_a_split_cannot_take_everything() -> None:
+    split = split_train(torch.full((50,), -1), 0.1, validation=10)
+    assert len(split.validation) == 0 and len(split.labelled) == 0 and len(split.unlabelled_pool) == 50
+    with pytest.raises(ValueError, match="leaves none"):
+        split_train(torch.arange(10), 0.1, validation=10)
 
 
 def test_an_image_replaced_in_place_is_decoded_again(tmp_path: Path) -> None:

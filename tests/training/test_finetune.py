@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from core.bundles import load_current
-from core.datasets import ImageSet
+from core.datasets import ImageSet, TrainSplit, outside
 from core.home import ArtifactHome
 from core.models import Classifier, EncoderSpec, build_encoder
 from simclr.cli import main as simclr
@@ -50,11 +50,12 @@ def test_without_a_test_split_the_images_outside_the_labelled_fraction_are_score
     images = torch.arange(10, dtype=torch.uint8).view(10, 1, 1, 1).expand(10, 3, 2, 2).contiguous()
     train = ImageSet(images, torch.arange(10) % 2, ["a", "b"], [])
     (tmp_path / "data" / "a").mkdir(parents=True)  # a folder source without train/ and test/
-    labelled = torch.tensor([0, 3])
-    scored, split = evaluation_split(str(tmp_path / "data"), train, labelled, ArtifactHome(tmp_path), PretrainConfig(), None)
-    assert split == "held-out train"
-    assert scored.images[:, 0, 0, 0].tolist() == [1, 2, 4, 5, 6, 7, 8, 9] and scored.classes == ["a", "b"]
-    scored, split = evaluation_split(str(tmp_path / "data"), train, torch.arange(10), ArtifactHome(tmp_path), PretrainConfig(), None)
+    parts = TrainSplit(validation=torch.tensor([5]), labelled=torch.tensor([0, 3]), unlabelled_pool=outside(torch.tensor([5]), 10))
+    scored, split = evaluation_split(str(tmp_path / "data"), train, parts, ArtifactHome(tmp_path), PretrainConfig(), None)
+    assert split == "held-out train"  # neither the labelled images nor the validation split
+    assert scored.images[:, 0, 0, 0].tolist() == [1, 2, 4, 6, 7, 8, 9] and scored.classes == ["a", "b"]
+    everything = TrainSplit(torch.zeros(0, dtype=torch.long), torch.arange(10), torch.arange(10))
+    scored, split = evaluation_split(str(tmp_path / "data"), train, everything, ArtifactHome(tmp_path), PretrainConfig(), None)
     assert split == "train (labelled)" and len(scored) == 10  # nothing else to score on: said so
 
 
