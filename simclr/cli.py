@@ -299,6 +299,12 @@ def cmd_report(a: argparse.Namespace) -> None:
     from core.home import ArtifactHome
     from training import report
 
+    if a.seed_table:
+        import json
+        from pathlib import Path
+
+        print(report.seed_runs_table(json.loads(Path(a.seed_table).read_text())))
+        return
     home = ArtifactHome(a.home)
     report.main(home, home.run(a.run))
 
@@ -405,6 +411,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="write runs/<id>/report/REPORT.md: the seed's table beside ours, loss, accuracy and neighbour figures")
     add_home(p)
     p.add_argument("--run", help="run id (default: the newest run)")
+    p.add_argument("--seed-table", help="instead: print the table of a seed-table result (benchmarks/seed_table.py's JSON): "
+                   "the mean over its seeds, each run's figures and the seed's column")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("serve", help="the HTTP service over the current model bundle (the same as `python -m service`)")

@@ -72,6 +72,7 @@ def distill(
         cfg = replace(cfg, time_budget=max(1.0, cfg.time_budget - targets_s))
     student = copy.deepcopy(teacher)
     model, metrics = finetune(student, student.fc.in_features, data, test, cfg, validation, prefix="distill")
+    metrics["distill_images"] = metrics.pop("distill_labelled")  # fine-tuning's name for its training images
     metrics["distill_targets_seconds"] = targets_s
     metrics["distill_seconds"] += targets_s
     metrics["distill_unlabelled"] = float(len(data) - len(split.labelled))

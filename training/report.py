@@ -70,6 +70,18 @@ def table(results: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def distilled_lines(run: RunPaths, results: dict[str, dict[str, Any]]) -> list[str]:
+    """The distilled classifiers (``simclr distill``'s student, the baseline row) as table rows, if any."""
+    lines = []
+    student = run.read_distill()
+    if student is not None:
+        m = student.metrics
+        lines.append(f"| distilled from the SimCLR fine-tune (served), 10% labels | {m['distill_top1']:.1%} / {m['distill_top3']:.1%} |")
+    if "random_distill_10" in results:
+        lines.append(f"| distilled from the random-init fine-tune, 10% labels | {cell(results['random_distill_10'])} |")
+    return lines
+
+
 def finetune_recipe(results: dict[str, dict[str, Any]]) -> str | None:
     """One sentence naming the end-to-end rows' fine-tune recipe (the first such row's), or None."""
     rows = ("simclr_finetune_10", "random_finetune_10", "supervised_100")
@@ -117,6 +129,43 @@ def nearest(vectors: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
     return sims.topk(min(k, len(vectors) - 1), dim=1).indices.numpy()
 
 
+SEED_RUN_ROWS = (  # (label, key in a seed-table run, key in the seed's column)
+    ("SimCLR, fine-tuned end to end, 10% labels, top-1", "finetune_top1", "finetune_top1"),
+    ("SimCLR, fine-tuned end to end, 10% labels, top-3", "finetune_top3", "finetune_top3"),
+    ("SimCLR, linear eval, 10% labels, top-1", "linear_top1", "linear_top1"),
+    ("SimCLR, linear eval, 10% labels, top-3", "linear_top3", "linear_top3"),
+    ("distilled from the SimCLR fine-tune, top-1", "distill_top1", None),
+    ("distilled from the SimCLR fine-tune, top-3", "distill_top3", None),
+    ("distilled from the random-init fine-tune (baseline), top-1", "baseline_distill_top1", None),
+    ("SimCLR, weighted kNN, all labels, top-1", "knn_top1", None),
+    ("validation: fine-tune / linear / distilled / baseline / kNN, top-1", None, None),
+    ("minutes: pretraining + fine-tuning, distillation", None, None),
+)
+
+
+def seed_runs_table(result: dict[str, Any]) -> str:
+    """A seed table's runs (``benchmarks/seed_table.py``) as Markdown: the mean over the seeds, each run's
+    figures and the seed's column; top-1 / top-3 in percent on the test split, validation figures below."""
+    runs, mean, paper = result["runs"], result["mean"], result.get("seed_paper", {})
+    head = [f"mean of {len(runs)}", *[f"seed {r['seed']}" for r in runs], "the seed's (ResNet-50, GPU)"]
+    lines = ["| | " + " | ".join(head) + " |", "|---|" + "---|" * len(head)]
+    val_keys = ("finetune_val_top1", "linear_val_top1", "distill_val_top1", "baseline_distill_val_top1", "knn_val_top1")
+
+    def figure(entry: dict[str, Any], key: str | None, label: str) -> str:
+        if label.startswith("validation"):
+            return " / ".join(f"{entry[k]:.1f}" if k in entry else "-" for k in val_keys)
+        if label.startswith("minutes"):
+            ft = entry.get("pretrain_minutes", 0) + entry.get("finetune_minutes", 0)
+            return f"{ft:.0f}, {entry['distill_minutes']:.0f}" if "distill_minutes" in entry else "-"
+        return f"{entry[key]:.1f}" if key in entry else "-"
+
+    for label, key, seed_key in SEED_RUN_ROWS:
+        cells = [figure(mean, key, label), *[figure(r, key, label) for r in runs]]
+        cells.append(f"{paper[seed_key]:.1f}" if seed_key and seed_key in paper else "")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main(home: ArtifactHome, run: RunPaths, seed: int = 0) -> Path:
     """Write ``report/REPORT.md`` and its PNGs into ``run``; returns the report's path."""
     results = run.eval_rows()
@@ -128,7 +177,8 @@ def main(home: ArtifactHome, run: RunPaths, seed: int = 0) -> Path:
         figures["Contrastive loss"] = "loss"
     refs = {f"supervised, {p}% labels": results[f"supervised_{p}"]["top1"] for p in (10, 100) if f"supervised_{p}" in results}
     report_figures.accuracy_curve(history, refs, run.report_figure("accuracy"))
-    figures["Test accuracy (weighted kNN) during pretraining, supervised baselines as lines"] = "accuracy"
+    scored = "Validation" if cfg.validation else "Test"  # the monitor scores the validation split when the run holds one out
+    figures[f"{scored} accuracy (weighted kNN) during pretraining, supervised baselines as lines"] = "accuracy"
     vectors, pixels, labels, names = embedded_items(home, run, class_names(run, results))
     if len(vectors) > 1:
         queries = np.sort(np.random.default_rng(seed).choice(len(vectors), size=min(N_QUERIES, len(vectors)), replace=False))
@@ -149,6 +199,7 @@ def main(home: ArtifactHome, run: RunPaths, seed: int = 0) -> Path:
         *([recipe] if (recipe := finetune_recipe(results)) else []),
         "",
         table(results),
+        *distilled_lines(run, results),
         "",
         f"Seconds per row (training only): {json.dumps(seconds) if seconds else 'none'}",
         "",
