@@ -7,8 +7,10 @@ For each size, one after the other on an otherwise idle machine:
 
     simclr pretrain --preset cpu --time-budget <minutes>m --crop-size <size> --home <prefix><size>
 
-then reads each run's metrics.jsonl: epochs done, views/s and the weighted kNN
-accuracy (k=200, T=0.1, test split, 32 px) after every second epoch. ``--expand``
+then ``simclr evaluate --rows linear`` on it (unless ``--no-linear``), and reads the run's
+metrics.jsonl: epochs done, views/s and the weighted kNN accuracy (k=200, T=0.1, 32 px) after
+every second epoch, on the preset's validation split (on the test split for runs made before
+the preset held one out), and the linear eval on 10% labels (validation and test). ``--expand``
 passes through (the committed results were measured with ``--expand 0``, the
 preset of their day; the preset now adds a 512-channel layer). A run whose
 home already holds a finished run is read, not rerun (so a probe interrupted
@@ -44,8 +46,12 @@ def summarize(run: RunPaths) -> dict[str, object]:
     knn = [{"epoch": r["epoch"], "train_minutes": round(r["train_seconds"] / 60, 1), "knn_top1": round(r["knn_top1"], 4)}
            for r in rows if r.get("knn_top1") is not None]
     views = [r["views_per_s"] for r in rows if r.get("views_per_s")]
+    linear = run.eval_rows().get("simclr_linear_10", {})
+    scored = "validation" if run.pretrain_config().get("validation") else "test"
     return {
         "run": run.run_id,
+        "knn_scored_on": scored,
+        **({"linear_10_val_top1": linear.get("val_top1"), "linear_10_test_top1": linear["top1"]} if linear else {}),
         "epochs": rows[-1]["epoch"] if rows else 0,
         "median_views_per_s": round(sorted(views)[len(views) // 2], 1) if views else None,
         "final_knn_top1": knn[-1]["knn_top1"] if knn else None,
@@ -61,6 +67,7 @@ def main() -> None:
     p.add_argument("--expand", type=int, default=None, help="passed to simclr pretrain; 0: no expansion layer (default: the preset's)")
     p.add_argument("--home-prefix", default="/tmp/crop-probe-h", help="homes are <prefix><size> (default: %(default)s)")
     p.add_argument("--out", default=str(ROOT / "experiments" / "results" / "crop_size_probe.json"), help="(default: %(default)s)")
+    p.add_argument("--no-linear", action="store_true", help="skip the linear evaluation of each run (default: run it)")
     a = p.parse_args()
     simclr = str(Path(sys.executable).with_name("simclr"))
     results, commands = [], []
@@ -76,6 +83,8 @@ def main() -> None:
             subprocess.run(args, check=True)
         run = finished_run(home)
         assert run is not None, f"no finished run under {home}"
+        if not a.no_linear and "simclr_linear_10" not in run.eval_rows():
+            subprocess.run([simclr, "evaluate", "--rows", "linear", "--home", str(home), "--run", run.run_id], check=True)
         results.append({"crop_size": size, **summarize(run)})
         print(f"{size} px: {results[-1]['epochs']} epochs, kNN {results[-1]['final_knn_top1']}", flush=True)
     # The homes' folder as <home>: /tmp/crop-probe-h24 -> <home>/crop-probe-h24.

@@ -143,7 +143,8 @@ def add_finetune_flags(p: argparse.ArgumentParser, prefix: str = "") -> None:
 def add_distill_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("distillation (a student trained on every training image against the fine-tuned classifier)")
     g.add_argument("--distill-time", type=duration,
-                   help="wall-clock time of distillation, e.g. 30m; 0 for none (default: the preset's; none without a preset)")
+                   help="wall-clock time of distillation, e.g. 30m; 0 for none (default: the preset's; without "
+                   "one, refresh does not distil and distill runs --distill-epochs)")
     g.add_argument("--distill-epochs", type=positive_int, help=f"distil for this many epochs instead (default: {D.epochs})")
     g.add_argument("--distill-lr", type=float, help=f"Adam learning rate of the student (default: {D.lr})")
     g.add_argument("--distill-temperature", type=float, help=f"softmax temperature of the teacher's targets (default: {D.temperature})")
