@@ -140,6 +140,16 @@ def add_finetune_flags(p: argparse.ArgumentParser, prefix: str = "") -> None:
     g.add_argument("--cutout", type=int, help=f"side in pixels of a Cutout square added to crop + flip, 0 = none (default: {F.cutout})")
 
 
+def add_run_stage(p: argparse.ArgumentParser, what: str) -> None:
+    """The options of a stage that trains on a run's images: home, data, run, limit, preset, device."""
+    add_home(p)
+    add_data(p, None)
+    p.add_argument("--run", help="run id (default: the newest run)")
+    p.add_argument("--limit", type=positive_int, help="at most N images per split (default: the run's)")
+    p.add_argument("--preset", choices=sorted(PRESETS), help=f"take {what} settings from a preset")
+    add_device(p)
+
+
 def add_distill_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("distillation (a student trained on every training image against the fine-tuned classifier)")
     g.add_argument("--distill-time", type=duration,
@@ -346,23 +356,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("finetune", help="fine-tune encoder + linear head on a labelled fraction; writes its top-1/top-3 "
                        "on the test split (without one: on the train images it did not train on)")
-    add_home(p)
-    add_data(p, None)
-    p.add_argument("--run", help="run id (default: the newest run)")
-    p.add_argument("--limit", type=positive_int, help="at most N images per split (default: the run's)")
-    p.add_argument("--preset", choices=sorted(PRESETS), help="take fine-tuning settings from a preset")
-    add_device(p)
+    add_run_stage(p, "fine-tuning")
     add_finetune_flags(p, prefix="")
     p.set_defaults(func=cmd_finetune)
 
     p = sub.add_parser("distill", help="train a student classifier on every training image against the fine-tuned one "
                        "(and the labelled fraction's labels); the run then publishes the student")
-    add_home(p)
-    add_data(p, None)
-    p.add_argument("--run", help="run id (default: the newest run)")
-    p.add_argument("--limit", type=positive_int, help="at most N images per split (default: the run's)")
-    p.add_argument("--preset", choices=sorted(PRESETS), help="take distillation settings from a preset")
-    add_device(p)
+    add_run_stage(p, "distillation")
     add_distill_flags(p)
     p.set_defaults(func=cmd_distill)
 

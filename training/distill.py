@@ -24,13 +24,13 @@ import torch
 import torch.nn.functional as F
 
 from core.atomic import atomic_torch_save
-from core.datasets import DataError, ImageSet, TrainSplit, load_split, split_train
+from core.datasets import ImageSet, TrainSplit
 from core.devices import pick_device, set_threads
 from core.home import ArtifactHome
 from core.models import Classifier, feature_dim, model_outputs
 from core.runs import FinetuneRecord, RunPaths
 from training.config import DistillConfig, run_config, with_run_seed
-from training.finetune import evaluation_split, finetune
+from training.finetune import finetune, stage_data
 from training.runtime import keep_freed_memory
 
 
@@ -91,13 +91,8 @@ def main(cfg: DistillConfig, home: ArtifactHome, run: RunPaths, data: str | None
     pcfg = run_config(run)
     cfg = with_run_seed(cfg, pcfg)
     src = data or record.data
-    lim = limit if limit is not None else pcfg.limit
-    train = load_split(src, "train", data_dir=home.data, image_size=pcfg.image_size, limit=lim, seed=pcfg.seed)
-    if not train.labelled:
-        raise DataError(f"distillation needs the labelled fraction: {src} must have one subfolder per class")
-    split = split_train(train.labels, float(record.config["label_fraction"]), pcfg.validation)
-    scored, name = evaluation_split(src, train, split, home, pcfg, lim)
-    validation = train.subset(split.validation).to(device) if len(split.validation) else None
+    train, split, scored, name, validation = stage_data(home, pcfg, src, limit, float(record.config["label_fraction"]), device,
+                                                        "distillation needs the labelled fraction")
     teacher = Classifier(run.load_encoder(), feature_dim(pcfg.encoder_spec), len(record.classes))
     teacher.load_state_dict(torch.load(run.classifier, map_location="cpu", weights_only=True))
     n_pool = len(split.unlabelled_pool)

@@ -179,6 +179,21 @@ def evaluation_split(src: str, train: ImageSet, split: TrainSplit, home: Artifac
     return train.subset(split.labelled), "train (labelled)"
 
 
+def stage_data(home: ArtifactHome, pcfg: PretrainConfig, src: str, limit: int | None, label_fraction: float, device: torch.device,
+               why_labels: str) -> tuple[ImageSet, TrainSplit, ImageSet, str, ImageSet | None]:
+    """What a stage that trains a classifier reads: the training split (refused without labels, saying
+    ``why_labels``), how it divides (``split_train``), the images it is scored on and their name
+    (``evaluation_split``), and the validation split on ``device`` (None without one)."""
+    lim = limit if limit is not None else pcfg.limit
+    train = load_split(src, "train", data_dir=home.data, image_size=pcfg.image_size, limit=lim, seed=pcfg.seed)
+    if not train.labelled:
+        raise DataError(f"{why_labels}: {src} must have one subfolder per class")
+    split = split_train(train.labels, label_fraction, pcfg.validation)
+    scored, name = evaluation_split(src, train, split, home, pcfg, lim)
+    validation = train.subset(split.validation).to(device) if len(split.validation) else None
+    return train, split, scored, name, validation
+
+
 def main(cfg: FinetuneConfig, home: ArtifactHome, run: RunPaths, data: str | None = None, limit: int | None = None) -> dict[str, float]:
     """Fine-tune the run's encoder; write ``classifier.pt`` and ``finetune.json`` into the run."""
     set_threads()
@@ -187,13 +202,7 @@ def main(cfg: FinetuneConfig, home: ArtifactHome, run: RunPaths, data: str | Non
     pcfg = run_config(run)
     cfg = with_run_seed(cfg, pcfg)
     src = data or pcfg.data
-    lim = limit if limit is not None else pcfg.limit
-    train = load_split(src, "train", data_dir=home.data, image_size=pcfg.image_size, limit=lim, seed=pcfg.seed)
-    if not train.labelled:
-        raise DataError(f"fine-tuning needs labels: {src} must have one subfolder per class")
-    split = split_train(train.labels, cfg.label_fraction, pcfg.validation)
-    scored, name = evaluation_split(src, train, split, home, pcfg, lim)
-    validation = train.subset(split.validation).to(device) if len(split.validation) else None
+    train, split, scored, name, validation = stage_data(home, pcfg, src, limit, cfg.label_fraction, device, "fine-tuning needs labels")
     labelled = train.subset(split.labelled).to(device)
     held = f", validation {len(validation)}" if validation is not None else ""
     print(f"fine-tuning on {len(labelled)} labelled images ({cfg.label_fraction:.0%}), scoring on {len(scored)} ({name}){held}")
