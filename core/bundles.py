@@ -31,7 +31,7 @@ from core.atomic import atomic_write_json
 from core.home import MANIFEST_FILE, ArtifactHome
 from core.index_files import FILES as INDEX_FILES
 from core.index_files import IndexInfo, copy_index_dir, read_index_classes, read_index_dir, read_index_info
-from core.models import CIFAR_MEAN, CIFAR_STD, Classifier, EncoderSpec, build_encoder, feature_dim
+from core.models import CIFAR_MEAN, CIFAR_STD, Classifier, EncoderSpec, build_encoder, feature_dim, load_classifier
 
 ENCODER_FILE = "encoder.pt"
 CLASSIFIER_FILE = "classifier.pt"
@@ -238,8 +238,7 @@ def load_bundle(path: Path) -> LoadedBundle:
         encoder = build_encoder(spec)
         encoder.load_state_dict(torch.load(path / ENCODER_FILE, map_location="cpu", weights_only=True))
         if has_classifier:
-            classifier = Classifier(build_encoder(spec), dim, n_classes)
-            classifier.load_state_dict(torch.load(path / CLASSIFIER_FILE, map_location="cpu", weights_only=True))
+            classifier = load_classifier(path / CLASSIFIER_FILE, spec, n_classes)
     except BundleError as e:
         raise BundleError(f"bundle {manifest.version}: {e}") from e
     except (RuntimeError, ValueError, OSError, KeyError, TypeError) as e:

@@ -105,15 +105,37 @@ def feature_dim(spec: EncoderSpec) -> int:
 
 
 class Classifier(nn.Module):
-    """Encoder plus a linear layer: ``(B, 3, H, W) -> (B, n_classes)`` logits."""
+    """Encoder, an optional hidden layer, a linear layer: ``(B, 3, H, W) -> (B, n_classes)`` logits.
 
-    def __init__(self, encoder: nn.Module, in_dim: int, n_classes: int) -> None:
+    ``hidden``: width of a Linear -> BatchNorm -> ReLU layer between the encoder and the linear
+    layer (0: none), the shape of the projection head's first layer, which SimCLRv2 (Chen et al.
+    2020b, section 2) fine-tunes from: "fine-tuning from a middle layer of the projection head".
+    """
+
+    def __init__(self, encoder: nn.Module, in_dim: int, n_classes: int, hidden: int = 0) -> None:
         super().__init__()
         self.encoder = encoder
-        self.fc = nn.Linear(in_dim, n_classes)
+        self.neck: nn.Module = nn.Identity()
+        if hidden:  # the indices match ProjectionHead.net's, so its first layer's weights load as they are
+            self.neck = nn.Sequential(nn.Linear(in_dim, hidden, bias=False), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True))
+        self.fc = nn.Linear(hidden or in_dim, n_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.encoder(x))
+        return self.fc(self.neck(self.encoder(x)))
+
+    @staticmethod
+    def hidden_of(state: dict[str, torch.Tensor]) -> int:
+        """The ``hidden`` width a saved classifier was built with (0 for one without the layer)."""
+        w = state.get("neck.0.weight")
+        return 0 if w is None else int(w.shape[0])
+
+
+def load_classifier(path: Path, spec: EncoderSpec, n_classes: int) -> Classifier:
+    """A classifier (encoder from ``spec``, its layers as saved) with the weights at ``path``, on the CPU."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    classifier = Classifier(build_encoder(spec), feature_dim(spec), n_classes, hidden=Classifier.hidden_of(state))
+    classifier.load_state_dict(state)
+    return classifier
 
 
 @functools.lru_cache(maxsize=16)

@@ -3,6 +3,7 @@
     config.json        {"pretrain": {...}}: the pretraining config (``training.config.PretrainConfig``)
     checkpoint.pt      the resumable pretraining state (``training.pretrain`` owns its contents)
     encoder.pt         the encoder's weights: what fine-tuning, indexing and bundles use
+    projection.pt      the projection head's weights (``ProjectionHead``): fine-tuning may start from its first layer
     metrics.jsonl      one JSON object per pretraining epoch
     loss.png           the loss curve
     classifier.pt      fine-tuned encoder + linear head
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from pydantic import BaseModel
 
 from core.atomic import atomic_write_json
@@ -57,6 +59,7 @@ class RunPaths:
     config = property(lambda self: self.dir / "config.json")
     checkpoint = property(lambda self: self.dir / "checkpoint.pt")
     encoder = property(lambda self: self.dir / "encoder.pt")
+    projection = property(lambda self: self.dir / "projection.pt")
     metrics = property(lambda self: self.dir / "metrics.jsonl")
     loss_plot = property(lambda self: self.dir / "loss.png")
     classifier = property(lambda self: self.dir / "classifier.pt")
@@ -88,6 +91,16 @@ class RunPaths:
     def load_encoder(self) -> Any:
         """The run's pretrained encoder (CPU)."""
         return load_encoder(self.encoder, self.encoder_spec())
+
+    # projection.pt
+    def load_projection_layer(self) -> dict[str, Any]:
+        """The weights of the projection head's first layer (Linear, BatchNorm), keyed as
+        ``Classifier.neck``'s; refused with a clear message for a run pretrained before they were saved."""
+        if not self.projection.exists():
+            raise FileNotFoundError(f"run {self.run_id} has no {self.projection.name} (pretrained before projection heads were "
+                                    "saved): fine-tune it from the encoder")
+        state = torch.load(self.projection, map_location="cpu", weights_only=True)
+        return {k.removeprefix("net."): v for k, v in state.items() if k.startswith(("net.0.", "net.1."))}
 
     # metrics.jsonl
     def append_metrics(self, record: dict[str, Any]) -> None:

@@ -1,14 +1,15 @@
 """Fine-tune recipes on one pretrained encoder, compared on held-out training images.
 
 usage: python experiments/finetune_trials.py --home H --run RUN_ID --epochs 100 \\
-           --trial preset: --trial lpft:head_init=probe [--out FILE]
+           --trial preset: --trial v2:head_from=projection [--out FILE]
 
 Each trial fine-tunes the run's encoder as ``simclr finetune --preset cpu`` does (the
 stratified 10% labelled subset, same seed), with the named FinetuneConfig fields
 changed, for a fixed number of epochs: a time budget would make trials depend on the
-machine's load. It reports top-1 on other *training* images (validation, 5,000 by
-default: the figure to choose a recipe by) and top-1 / top-3 on the test split
-(recorded, not for choosing). Trials run one after the other with every core the
+machine's load. It reports top-1 on other *training* images (the figure to choose a recipe
+by: the run's validation split when pretraining held one out, as the cpu preset does;
+for older runs, --validation-images drawn from outside the labelled subset) and top-1 / top-3
+on the test split (recorded, not for choosing). Trials run one after the other with every core the
 process may use (``taskset`` runs two side by side). Writes JSON with the command.
 
 At 5,000 validation images one top-1 figure has a standard error of ~0.6 points, as large
@@ -26,11 +27,11 @@ from pathlib import Path
 
 import torch
 
-from core.datasets import load_split, stratified_indices
+from core.datasets import load_split, outside, split_train
 from core.devices import set_threads
 from core.home import ArtifactHome
 from core.models import feature_dim
-from training.config import CPU, FinetuneConfig, run_config, with_overrides
+from training.config import CPU, FinetuneConfig, run_config, with_overrides, with_run_seed
 from training.evaluate import predict, topk_accuracy
 from training.finetune import finetune
 
@@ -74,20 +75,22 @@ def main() -> None:
     test = load_split(pcfg.data, "test", data_dir=home.data, image_size=pcfg.image_size, seed=pcfg.seed)
     # The preset's recipe without its time budget: epochs, so that machine load does not change a trial.
     preset = {k: v for k, v in CPU["finetune"].items() if k != "time_budget"}
-    base = with_overrides(FinetuneConfig(), {**preset, "epochs": a.epochs})
-    labelled_idx = stratified_indices(train.labels, base.label_fraction, base.seed)
-    rest = torch.ones(len(train), dtype=torch.bool)
-    rest[labelled_idx] = False
-    others = torch.nonzero(rest).flatten()
-    if a.validation_images > len(others):
-        p.error(f"--validation-images {a.validation_images}: only {len(others)} training images are outside the labelled subset")
-    val_idx = others[torch.randperm(len(others), generator=torch.Generator().manual_seed(1))[: a.validation_images]]
-    labelled, val = train.subset(labelled_idx), train.subset(val_idx)
+    base = with_run_seed(with_overrides(FinetuneConfig(), {**preset, "epochs": a.epochs}), pcfg)
+    split = split_train(train.labels, base.label_fraction, pcfg.validation)
+    if pcfg.validation:  # the run held a validation split out of pretraining: choose on it
+        val_idx = split.validation
+    else:  # a run made before validation splits: training images outside the labelled subset
+        others = outside(split.labelled, len(train))
+        if a.validation_images > len(others):
+            p.error(f"--validation-images {a.validation_images}: only {len(others)} training images are outside the labelled subset")
+        val_idx = others[torch.randperm(len(others), generator=torch.Generator().manual_seed(1))[: a.validation_images]]
+    labelled, val = train.subset(split.labelled), train.subset(val_idx)
     trials = []
     for text in a.trial:
         name, overrides = parse_trial(text)
         cfg = dataclasses.replace(base, **overrides)
-        model, metrics = finetune(run.load_encoder(), feature_dim(pcfg.encoder_spec), labelled, val, cfg)
+        projection = run.load_projection_layer() if cfg.head_from == "projection" else None
+        model, metrics = finetune(run.load_encoder(), feature_dim(pcfg.encoder_spec), labelled, val, cfg, projection=projection)
         test_acc = topk_accuracy(predict(model, test.images), test.labels, (1, 3))
         trials.append({"name": name, "overrides": overrides, "config": cfg.as_dict(), "epochs": metrics["finetune_epochs"],
                        "seconds": round(metrics["finetune_seconds"], 1), "validation_top1": metrics["finetune_top1"],
@@ -95,7 +98,8 @@ def main() -> None:
         print(f"{name}: validation {metrics['finetune_top1']:.1%}, test {test_acc['top1']:.1%} / {test_acc['top3']:.1%}", flush=True)
         paths = {a.home: "<home>", pcfg.data: "<data>"}
         result = scrub_paths({**result_header("finetune_trials", sys.argv, paths), "run": a.run, "pretrain_config": pcfg.as_dict(),
-                              "validation": f"{len(val_idx)} training images outside the labelled subset", "trials": trials}, paths)
+                              "validation": (f"the run's validation split ({len(val_idx)} training images held out of pretraining)" if pcfg.validation
+                                             else f"{len(val_idx)} training images outside the labelled subset"), "trials": trials}, paths)
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)
         Path(a.out).write_text(json.dumps(result, indent=2) + "\n")  # after each trial: a stopped run keeps what it did
 

@@ -115,6 +115,8 @@ def add_pretrain_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--weight-decay", type=float, help=f"(default: {P.weight_decay})")
     g.add_argument("--temperature", type=float, help=f"NT-Xent temperature (default: {P.temperature})")
     g.add_argument("--crop-size", type=positive_int, help="side of the augmented views in pixels (default: the image size)")
+    g.add_argument("--crop-size-start", type=positive_int,
+                   help="progressive view size: views grow from this side to --crop-size over the schedule (default: none)")
     g.add_argument("--proj-dim", type=positive_int, help=f"projection head output size (default: {P.proj_dim})")
     g.add_argument("--limit", type=positive_int, help="use at most N images of each split, a fixed random subset (default: all)")
     g.add_argument("--knn-bank", type=positive_int, help="train images in the kNN monitor's memory bank (default: all)")
@@ -138,6 +140,8 @@ def add_finetune_flags(p: argparse.ArgumentParser, prefix: str = "") -> None:
     g.add_argument("--label-smoothing", type=float, help=f"cross-entropy label smoothing (default: {F.label_smoothing})")
     g.add_argument("--head-init", choices=("random", "probe"), help=f"probe: start from a linear probe's head, LP-FT (default: {F.head_init})")
     g.add_argument("--cutout", type=int, help=f"side in pixels of a Cutout square added to crop + flip, 0 = none (default: {F.cutout})")
+    g.add_argument("--head-from", choices=("encoder", "projection"),
+                   help=f"projection: fine-tune from the projection head's first layer, SimCLRv2 (default: {F.head_from})")
 
 
 def add_run_stage(p: argparse.ArgumentParser, what: str) -> None:
@@ -181,7 +185,7 @@ def finetune_config(a: argparse.Namespace) -> FinetuneConfig:
     flags = {
         "epochs": a.ft_epochs, "time_budget": a.ft_time_budget, "label_fraction": a.label_fraction, "lr": a.ft_lr,
         "encoder_lr_scale": a.encoder_lr_scale, "label_smoothing": a.label_smoothing, "head_init": a.head_init,
-        "cutout": a.cutout, "device": a.device,
+        "head_from": a.head_from, "cutout": a.cutout, "device": a.device,
     }  # fmt: skip
     return resolve(F, PRESETS.get(a.preset or "", {}).get("finetune", {}), flags)
 

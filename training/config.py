@@ -27,6 +27,9 @@ class PretrainConfig:
     # Side of the augmented views; None: image_size. The random resized crop zooms in
     # anyway, and a view's cost scales with its pixels (24 px: 0.56x of 32 px).
     crop_size: int | None = None
+    # Progressive view size: the views grow from this side to crop_size (in steps of 4 px) as the
+    # schedule progresses, so early epochs cost less (None: crop_size throughout).
+    crop_size_start: int | None = None
     proj_dim: int = 1024
     temperature: float = 0.5
     batch_size: int = 256
@@ -82,6 +85,9 @@ class FinetuneConfig:
     # Kumar et al. 2022), so the first steps do not push a random head's gradients into
     # the encoder; "random": a freshly initialised head.
     head_init: str = "random"
+    # "encoder": the linear head on the encoder's features; "projection": between them the projection
+    # head's first layer (Linear, BatchNorm, ReLU) as pretrained, fine-tuned with the encoder (SimCLRv2).
+    head_from: str = "encoder"
     weight_decay: float = 1e-5
     seed: int | None = None  # None: the run's pretraining seed
     device: str = "auto"

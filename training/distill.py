@@ -27,7 +27,7 @@ from core.atomic import atomic_torch_save
 from core.datasets import ImageSet, TrainSplit
 from core.devices import pick_device, set_threads
 from core.home import ArtifactHome
-from core.models import Classifier, feature_dim, model_outputs
+from core.models import Classifier, load_classifier, model_outputs
 from core.runs import FinetuneRecord, RunPaths
 from training.config import DistillConfig, run_config, with_run_seed
 from training.finetune import finetune, stage_data
@@ -93,8 +93,7 @@ def main(cfg: DistillConfig, home: ArtifactHome, run: RunPaths, data: str | None
     src = data or record.data
     train, split, scored, name, validation = stage_data(home, pcfg, src, limit, float(record.config["label_fraction"]), device,
                                                         "distillation needs the labelled fraction")
-    teacher = Classifier(run.load_encoder(), feature_dim(pcfg.encoder_spec), len(record.classes))
-    teacher.load_state_dict(torch.load(run.classifier, map_location="cpu", weights_only=True))
+    teacher = load_classifier(run.classifier, pcfg.encoder_spec, len(record.classes))
     n_pool = len(split.unlabelled_pool)
     if n_pool == len(split.labelled):
         print(

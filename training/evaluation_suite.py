@@ -147,7 +147,10 @@ class Suite:
         keep = self.labelled(fraction)
         labelled = self.train.subset(keep)
         print(f"{row}: end to end on {len(labelled)} labelled images ({fraction:.0%}), {kind} init")
-        model, m = finetune(self.encoder(kind), feature_dim(self.spec), labelled, self.test, cfg, self.validation)
+        # SimCLRv2's start from the projection head's first layer exists for the pretrained encoder only;
+        # the random-init rows get the same layer at random (finetune).
+        projection = self.run.load_projection_layer() if kind == "simclr" and cfg.head_from == "projection" else None
+        model, m = finetune(self.encoder(kind), feature_dim(self.spec), labelled, self.test, cfg, self.validation, projection=projection)
         self.models[row] = model
         return self.save(row, {k.removeprefix("finetune_"): v for k, v in m.items()}, encoder=kind, method=method,
                          label_fraction=fraction, n_train=len(keep), seconds=m["finetune_seconds"],

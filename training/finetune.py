@@ -28,12 +28,12 @@ from training.runtime import autocast, keep_freed_memory, param_groups, seeded_g
 
 
 def finetune_groups(model: Classifier, cfg: FinetuneConfig) -> list[dict[str, object]]:
-    """Parameter groups with their peak ``base_lr``: the encoder's scaled by ``cfg.encoder_lr_scale``.
+    """Parameter groups with their peak ``base_lr``: the encoder's (and a pretrained neck's) scaled by ``cfg.encoder_lr_scale``.
 
     Norms and biases get no weight decay, as in pretraining.
     """
     groups = []
-    for part, scale in ((model.encoder, cfg.encoder_lr_scale), (model.fc, 1.0)):
+    for part, scale in ((model.encoder, cfg.encoder_lr_scale), (model.neck, cfg.encoder_lr_scale), (model.fc, 1.0)):
         for group in param_groups(part, cfg.weight_decay):
             if group["params"]:
                 groups.append({**group, "base_lr": cfg.lr * scale})
@@ -108,10 +108,15 @@ def finetune(
     cfg: FinetuneConfig,
     validation: ImageSet | None = None,
     prefix: str = "finetune",
+    projection: dict[str, torch.Tensor] | None = None,
 ) -> tuple[Classifier, dict[str, float]]:
     """Fine-tune ``encoder`` + a new linear head on ``train``, or a whole ``Classifier`` as it is;
     score on ``test`` (``<prefix>_top1``, ...) and on ``validation`` if given (``<prefix>_val_top1``).
     All on one device.
+
+    With ``cfg.head_from == "projection"`` a hidden layer sits between the encoder and the head,
+    initialised from ``projection`` (``RunPaths.load_projection_layer``), or at random without it
+    (the random-init baselines: the same architecture).
 
     ``train.labels`` are class ids ``(N,)``, or class probabilities ``(N, C)`` (distillation's
     soft targets: cross-entropy takes either).
@@ -124,9 +129,14 @@ def finetune(
     if isinstance(encoder, Classifier):
         model = encoder.to(device).to(memory_format=torch.channels_last)
     else:
-        encoder = encoder.to(device)
-        head = probe_head(encoder, train, len(train.classes)) if cfg.head_init == "probe" else None
-        model = Classifier(encoder, spec_dim, len(train.classes)).to(device).to(memory_format=torch.channels_last)
+        if cfg.head_from not in ("encoder", "projection"):
+            raise ValueError(f"unknown head_from {cfg.head_from!r}; choose encoder or projection")
+        hidden = (projection["0.weight"].shape[0] if projection is not None else spec_dim) if cfg.head_from == "projection" else 0
+        model = Classifier(encoder, spec_dim, len(train.classes), hidden=hidden)
+        if hidden and projection is not None:
+            model.neck.load_state_dict(projection)
+        model = model.to(device).to(memory_format=torch.channels_last)
+        head = probe_head(torch.nn.Sequential(model.encoder, model.neck), train, len(train.classes)) if cfg.head_init == "probe" else None
         if head is not None:
             model.fc.load_state_dict(head.state_dict())
         elif cfg.head_init != "random":
@@ -206,7 +216,9 @@ def main(cfg: FinetuneConfig, home: ArtifactHome, run: RunPaths, data: str | Non
     labelled = train.subset(split.labelled).to(device)
     held = f", validation {len(validation)}" if validation is not None else ""
     print(f"fine-tuning on {len(labelled)} labelled images ({cfg.label_fraction:.0%}), scoring on {len(scored)} ({name}){held}")
-    model, metrics = finetune(run.load_encoder(), feature_dim(pcfg.encoder_spec), labelled, scored.to(device), cfg, validation)
+    projection = run.load_projection_layer() if cfg.head_from == "projection" else None
+    model, metrics = finetune(run.load_encoder(), feature_dim(pcfg.encoder_spec), labelled, scored.to(device), cfg, validation,
+                              projection=projection)
     run.distill.unlink(missing_ok=True)  # a student of the previous classifier is stale (record first: see publish)
     run.student.unlink(missing_ok=True)
     atomic_torch_save(model.cpu().state_dict(), run.classifier)

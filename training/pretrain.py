@@ -106,6 +106,19 @@ def schedule_progress(cfg: PretrainConfig, p: Progress, steps_per_epoch: int) ->
     return cfg.budget.progress(p.step / max(1, steps_per_epoch), p.train_seconds)
 
 
+def view_size(cfg: PretrainConfig, progress: float) -> int:
+    """The side of the augmented views at ``progress`` (0..1) of the schedule: ``crop_size`` (or the image
+    size), or with ``crop_size_start`` a linear ramp up to it rounded to 4 px (few distinct shapes, so
+    few kernel plans), as progressive resizing does (Tan & Le 2021, EfficientNetV2: "small image size
+    in early epochs", larger later)."""
+    end = cfg.crop_size or cfg.image_size
+    start = cfg.crop_size_start
+    if start is None or start >= end:
+        return end
+    size = 4 * round((start + (end - start) * min(max(progress, 0.0), 1.0)) / 4)
+    return min(max(size, start), end)
+
+
 def decide(cfg: PretrainConfig, p: Progress, steps_per_epoch: int, stop: StopRequest, agree: Agree) -> Decision:
     """The decision point after a step or an epoch: ``Budget.decide`` on the agreed clock and stop
     flags (one collective under torchrun); ``p`` takes the agreed clock, so every rank carries it."""
@@ -122,14 +135,16 @@ def train_step(
     cfg: PretrainConfig,
     augment_rng: torch.Generator,
     lr: float,
+    size: int | None = None,
 ) -> torch.Tensor:
-    """One optimizer step on ``images[idx]``: two augmented views of each, one forward pass over both
-    (BatchNorm sees both views, as in SimCLR), NT-Xent. Returns the loss on the device, unread:
-    reading it would sync the host with the GPU every step."""
+    """One optimizer step on ``images[idx]``: two augmented ``size`` px views of each (default: the
+    config's), one forward pass over both (BatchNorm sees both views, as in SimCLR), NT-Xent. Returns
+    the loss on the device, unread: reading it would sync the host with the GPU every step."""
     for group in optimizer.param_groups:
         group["lr"] = lr
     batch = images[idx]
-    views = torch.cat([simclr_views(batch, augment_rng, cfg.crop_size), simclr_views(batch, augment_rng, cfg.crop_size)])
+    size = size or cfg.crop_size
+    views = torch.cat([simclr_views(batch, augment_rng, size), simclr_views(batch, augment_rng, size)])
     if cfg.channels_last:
         views = views.contiguous(memory_format=torch.channels_last)
     with autocast(views.device):
@@ -161,7 +176,7 @@ def train_one_epoch(
     n_batches = len(images) // cfg.batch_size
     local = cfg.batch_size // env.world_size
     loss_sum = torch.zeros((), device=device)  # summed on-device: no host sync per step
-    done, lr = 0, 0.0
+    done, lr, size = 0, 0.0, view_size(cfg, 0.0)
     decision: Decision | None = None
     step_start = p.train_seconds  # of the latest step: a time budget stops after the step that crosses it
     t0 = prev = time.perf_counter()  # t0 moves to the end of the first step
@@ -169,9 +184,11 @@ def train_one_epoch(
     for i in bar:
         step_start = p.train_seconds
         # From the agreed clock: every rank sets the same learning rate.
-        lr = cfg.lr * warmup_cosine(schedule_progress(cfg, p, n_batches), cfg.warmup)
+        progress = schedule_progress(cfg, p, n_batches)
+        lr = cfg.lr * warmup_cosine(progress, cfg.warmup)
+        size = view_size(cfg, progress)
         start = i * cfg.batch_size + env.rank * local
-        loss = train_step(model, optimizer, images, order[start : start + local], cfg, augment_rng, lr)
+        loss = train_step(model, optimizer, images, order[start : start + local], cfg, augment_rng, lr, size)
         loss_sum += loss
         done += 1
         p.step += 1
@@ -195,6 +212,7 @@ def train_one_epoch(
     stats = {
         "loss": (loss_sum / max(done, 1)).item(),
         "lr": lr,
+        "view_size": size,
         "steps": done,
         "last_step_start_seconds": step_start,
         "views_per_s": 2 * max(done - 1, 0) * cfg.batch_size / max(elapsed, 1e-9),  # global views: all ranks
@@ -258,8 +276,9 @@ def write_checkpoint(run: RunPaths | None, model: SimCLRModel, optimizer: torch.
     if not env.is_main or run is None:
         return
     atomic_torch_save(checkpoint_state(model, optimizer, cfg, p, order, rngs, augment_states), run.checkpoint)
-    # The encoder alone is what fine-tuning, indexing and the bundle use.
+    # The encoder alone is what fine-tuning, indexing and the bundle use; fine-tuning may add the head's first layer.
     atomic_torch_save(host_copy(model.encoder.state_dict()), run.encoder)
+    atomic_torch_save(host_copy(model.head.state_dict()), run.projection)
 
 
 def load_checkpoint(run: RunPaths, cfg: PretrainConfig) -> dict[str, Any]:

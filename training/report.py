@@ -93,6 +93,7 @@ def finetune_recipe(results: dict[str, dict[str, Any]]) -> str | None:
         f"Cutout {c['cutout']} px" if c.get("cutout") else "",
         f"encoder lr x{c['encoder_lr_scale']}" if c.get("encoder_lr_scale", 1.0) != 1.0 else "",
         "head from a linear probe (LP-FT)" if c.get("head_init") == "probe" else "",
+        "from the projection head's first layer (SimCLRv2)" if c.get("head_from") == "projection" else "",
     ]
     length = f"{c['time_budget'] / 60:g} min each" if c.get("time_budget") else f"{c['epochs']} epochs each"
     epochs = ", ".join(f"{name} {row['epochs']:.0f}" for name, row in results.items() if "epochs" in row)

@@ -56,3 +56,15 @@ def test_a_decision_uses_the_agreed_clock_and_stop_flag_from_one_exchange() -> N
     assert d.stop and d.out_of_budget and not d.stop_requested
     alone = b.decide(1, 30.0, False)  # one process: its own clock
     assert (alone.seconds, alone.progress, alone.stop) == (30.0, 0.5, False)
+
+
+def test_progressive_views_grow_with_the_schedule_in_steps_of_four_pixels() -> None:
+    """The views' side follows the same progress as the learning rate: 16 px at the start, 28 at the end."""
+    from training.pretrain import view_size
+
+    cfg = PretrainConfig(crop_size=28, crop_size_start=16)
+    sizes = [view_size(cfg, p / 12) for p in range(13)]
+    assert sizes[0] == 16 and sizes[-1] == 28 and sizes == sorted(sizes)
+    assert set(sizes) == {16, 20, 24, 28}
+    assert view_size(cfg, 1.5) == 28 and view_size(cfg, -1.0) == 16  # clamped
+    assert view_size(PretrainConfig(crop_size=24), 0.3) == 24 and view_size(PretrainConfig(), 0.3) == 32  # no ramp: the one size
