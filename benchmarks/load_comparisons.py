@@ -1,8 +1,10 @@
 """The comparisons ``benchmarks/service_load.py`` runs after its main table, in the same run:
 
 - a photo-size JPEG (a CIFAR image scaled to 1600x1200 with light noise) on ``POST /classify``;
-- our server with its default logging (an access-log line per request) against logging off;
-- the peer, LitServe (``benchmarks/peer_litserve.py``), on the same bundle, PNG and photo;
+- our server with its default logging (an access-log line per request) against logging off,
+  alternating (``ROUNDS`` each; the ratio is of the means);
+- the peer, LitServe (``benchmarks/peer_litserve.py``), on the same bundle, PNG and photo: its full
+  tables, then ours and the peer's again at the highest concurrency (ratios of ``ROUNDS``-sample means);
 - the heavy-model regime: a full-width ResNet-18 bundle (random weights: throughput does not
   depend on them), our ``/classify`` at 32 connections against that model's raw throughput
   (measured before and after each of two served runs; the ratio is their mean).
@@ -95,6 +97,7 @@ def heavy_home(root: Path) -> Path:
 
 Measure = Callable[..., dict[str, object]]
 HEAVY_ROUNDS = 2  # served measurements of the heavy model, each between two raw ones
+ROUNDS = 2  # samples of each side of the peer and logging ratios at the highest concurrency
 
 
 def run_comparisons(*, url: str, home: Path, png: Path, image: np.ndarray, connections: list[int], seconds: int, wrk_threads: int, warmup: int,
@@ -123,27 +126,51 @@ def run_comparisons(*, url: str, home: Path, png: Path, image: np.ndarray, conne
         out["photo_bytes"] = photo.stat().st_size
         ours_photo = table("ours POST /classify (photo)", url, ["upload", str(photo), "/classify"], server_pid)
 
-        # Logging off: our server again with SIMCLR_LOG_LEVEL=warning, PNG at the highest concurrency.
+        c = max(connections)
+        png_args, photo_args = ["classify", str(png)], ["upload", str(photo), "/classify"]
+
+        def once(target: str, label: str, script_args: list[str], pid: int, peer: bool = False) -> float:
+            r = measure(target, label, c, seconds, wrk_threads, script_args, pid, scrape_errors=not peer)
+            runs.append(r)
+            print(f"  {label:34s} c={c:<3d} {r['requests_per_s']:9.1f} req/s", flush=True)
+            return float(r["requests_per_s"])
+
+        # Logging off: a second server of ours with SIMCLR_LOG_LEVEL=warning, PNG at the highest concurrency,
+        # alternating with the default one (idle, a server costs next to nothing): on this machine one
+        # 10 s figure moves 15-25% between stages of a run, so each ratio is of means over ROUNDS.
         port = free_port()
         quiet = start_server(home, port, {**env, "SIMCLR_LOG_LEVEL": "warning"}, tmp_path / "quiet.log")
+        logging_off, logging_default = [], []
         try:
-            c = max(connections)
-            r = measure(f"http://127.0.0.1:{port}", "ours POST /classify (logging off)", c, seconds, wrk_threads,
-                        ["classify", str(png)], quiet.pid, scrape_errors=True)
-            runs.append(r)
-            print(f"  logging off c={c}: {r['requests_per_s']} req/s (default logging: {ours_png_c32})", flush=True)
-            logging_off = r["requests_per_s"]
+            for _ in range(ROUNDS):
+                logging_off.append(once(f"http://127.0.0.1:{port}", "ours POST /classify (logging off)", png_args, quiet.pid))
+                logging_default.append(once(url, "ours POST /classify (default logging)", png_args, server_pid))
         finally:
             stop(quiet)
 
-        port = free_port()
-        peer = start_peer(bundle_dir, port, tmp_path / "peer.log", max_batch_size, wait_ms)
-        peer_url = f"http://127.0.0.1:{port}"
-        try:
-            peer_png = table("peer POST /classify (png)", peer_url, ["classify", str(png)], peer.pid, peer=True)
-            peer_photo = table("peer POST /classify (photo)", peer_url, ["upload", str(photo), "/classify"], peer.pid, peer=True)
-        finally:
-            stop(peer, group=True)
+        # The peer runs alone (its idle workers are not known to keep still): its full tables, then ours
+        # and the peer's again at the highest concurrency, for ROUNDS samples of each at c.
+        ours_png_top, ours_photo_top, peer_png_top, peer_photo_top = [ours_png_c32], [ours_photo[c]], [], []
+        for round_ in range(ROUNDS):
+            if round_:
+                ours_png_top.append(once(url, "ours POST /classify (png)", png_args, server_pid))
+                ours_photo_top.append(once(url, "ours POST /classify (photo)", photo_args, server_pid))
+            port = free_port()
+            peer = start_peer(bundle_dir, port, tmp_path / f"peer{round_}.log", max_batch_size, wait_ms)
+            peer_url = f"http://127.0.0.1:{port}"
+            try:
+                if round_ == 0:
+                    peer_png = table("peer POST /classify (png)", peer_url, png_args, peer.pid, peer=True)
+                    peer_photo = table("peer POST /classify (photo)", peer_url, photo_args, peer.pid, peer=True)
+                    peer_png_top.append(peer_png[c])
+                    peer_photo_top.append(peer_photo[c])
+                else:
+                    if warmup > 0:
+                        wrk(peer_url, c, warmup, wrk_threads, png_args)
+                    peer_png_top.append(once(peer_url, "peer POST /classify (png)", png_args, peer.pid, peer=True))
+                    peer_photo_top.append(once(peer_url, "peer POST /classify (photo)", photo_args, peer.pid, peer=True))
+            finally:
+                stop(peer, group=True)
 
         heavy = heavy_home(tmp_path / "heavy")
         from core.home import ArtifactHome
@@ -173,16 +200,23 @@ def run_comparisons(*, url: str, home: Path, png: Path, image: np.ndarray, conne
             stop(server)
         heavy_ratios = [served / ((heavy_raws[i] + heavy_raws[i + 1]) / 2) for i, served in enumerate(heavy_served)]
     top = max(connections)
+
+    def mean(xs: list[float]) -> float:
+        return sum(xs) / len(xs)
+
     out.update({
         "peer": {"server": "litserve", "script": "benchmarks/peer_litserve.py", "png": peer_png, "photo": peer_photo},
         "ours_photo": ours_photo,
-        "logging": {"default_requests_per_s": ours_png_c32, "off_requests_per_s": logging_off},
+        "at_top_concurrency": {"connections": top, "rounds": ROUNDS, "ours_png": ours_png_top, "peer_png": peer_png_top,
+                               "ours_photo": ours_photo_top, "peer_photo": peer_photo_top,
+                               "order": "ours (main table), peer (its tables), then per round: ours png, ours photo, peer png, peer photo"},
+        "logging": {"default_requests_per_s": logging_default, "off_requests_per_s": logging_off, "order": "off, default, off, default"},
         "heavy_model": {"backbone": "resnet18 width 64", "raw_images_per_s": heavy_raws, "classify_requests_per_s": heavy_served,
                         "ratios": [round(x, 3) for x in heavy_ratios], "order": "raw, served, raw, served, raw"},
-        "peer_ratio_png_c32": round(ours_png_c32 / peer_png[top], 3),
-        "peer_ratio_photo_c32": round(ours_photo[top] / peer_photo[top], 3),
-        "photo_requests_per_s_c32": ours_photo[top],
-        "default_log_ratio": round(ours_png_c32 / logging_off, 3),
+        "peer_ratio_png_c32": round(mean(ours_png_top) / mean(peer_png_top), 3),
+        "peer_ratio_photo_c32": round(mean(ours_photo_top) / mean(peer_photo_top), 3),
+        "photo_requests_per_s_c32": round(mean(ours_photo_top), 1),
+        "default_log_ratio": round(mean(logging_default) / mean(logging_off), 3),
         "heavy_model_classify_over_raw_c32": round(sum(heavy_ratios) / len(heavy_ratios), 3),
     })
     return out

@@ -115,6 +115,8 @@ def add_pretrain_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--weight-decay", type=float, help=f"(default: {P.weight_decay})")
     g.add_argument("--temperature", type=float, help=f"NT-Xent temperature (default: {P.temperature})")
     g.add_argument("--crop-size", type=positive_int, help="side of the augmented views in pixels (default: the image size)")
+    g.add_argument("--small-views", type=non_negative_int, help=f"multi-crop: this many extra small views per image (default: {P.small_views})")
+    g.add_argument("--small-view-size", type=positive_int, help=f"side of the small views in pixels (default: {P.small_view_size})")
     g.add_argument("--crop-size-start", type=positive_int,
                    help="progressive view size: views grow from this side to --crop-size over the schedule (default: none)")
     g.add_argument("--proj-dim", type=positive_int, help=f"projection head output size (default: {P.proj_dim})")

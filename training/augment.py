@@ -115,13 +115,14 @@ def color_distort(
     return torch.where(to_gray, _gray(x).expand_as(x), x)
 
 
-def simclr_views(images: torch.Tensor, generator: torch.Generator | None = None, size: int | None = None) -> torch.Tensor:
+def simclr_views(images: torch.Tensor, generator: torch.Generator | None = None, size: int | None = None,
+                 scale: tuple[float, float] = (0.08, 1.0)) -> torch.Tensor:
     """One augmented, normalised view per image: uint8 ``(B, 3, H, W)`` -> float ``(B, 3, size, size)``.
 
-    ``size`` defaults to the images' own; the crop is resampled to it.
+    ``size`` defaults to the images' own; the crop (an area fraction in ``scale``) is resampled to it.
     """
     x = images.float().div_(255)
-    grid = crop_flip_grid(x.shape[0], size or x.shape[-1], device=x.device, generator=generator)
+    grid = crop_flip_grid(x.shape[0], size or x.shape[-1], scale=scale, device=x.device, generator=generator)
     x = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
     return normalize(color_distort(x, generator=generator))
 

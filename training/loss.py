@@ -45,3 +45,20 @@ def nt_xent_loss(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5) -
     self_mask = torch.zeros_like(logits, dtype=torch.bool)
     self_mask[torch.arange(2 * n, device=z1.device), self_cols] = True
     return F.cross_entropy(logits.masked_fill(self_mask, float("-inf")), positive_cols)
+
+
+def multi_crop_nt_xent_loss(z1: torch.Tensor, z2: torch.Tensor, small: list[torch.Tensor], temperature: float = 0.5) -> torch.Tensor:
+    """NT-Xent with multi-crop (Caron et al. 2020, SwAV: "two standard resolution crops and sample V
+    additional low resolution crops"): the mean of :func:`nt_xent_loss` over the pair of full views
+    and every (full view, small view) pair, each small view's positive being a full view of its image.
+
+    Args:
+        z1, z2: ``(N, D)`` projections of the two full views.
+        small: ``V`` tensors ``(N, D)``, the projections of each small view (row i: image i).
+
+    Small views are never paired with each other, as in SwAV, whose small crops only predict the
+    full views' codes. With no small views this is ``nt_xent_loss(z1, z2)``.
+    """
+    losses = [nt_xent_loss(z1, z2, temperature)]
+    losses += [nt_xent_loss(full, s, temperature) for s in small for full in (z1, z2)]
+    return torch.stack(losses).mean()

@@ -37,7 +37,7 @@ from training.config import PretrainConfig
 from training.distributed import DistEnv, agreement, gather_to_main, init_distributed, local_rank_zero_first, shutdown
 from training.evaluate import weighted_knn_predict
 from training.lars import LARS
-from training.loss import nt_xent_loss
+from training.loss import multi_crop_nt_xent_loss, nt_xent_loss
 from training.runtime import autocast, keep_freed_memory, param_groups, seeded_generator, warmup_cosine
 from training.simclr_model import SimCLRModel
 
@@ -106,6 +106,11 @@ def schedule_progress(cfg: PretrainConfig, p: Progress, steps_per_epoch: int) ->
     return cfg.budget.progress(p.step / max(1, steps_per_epoch), p.train_seconds)
 
 
+# Area fractions of the small views' crops (PretrainConfig.small_views): SwAV's (0.05, 0.14), whose
+# full views take (0.14, 1); here they take (0.08, 1), so the two ranges overlap a little.
+SMALL_VIEW_SCALE = (0.05, 0.14)
+
+
 def view_size(cfg: PretrainConfig, progress: float) -> int:
     """The side of the augmented views at ``progress`` (0..1) of the schedule: ``crop_size`` (or the image
     size), or with ``crop_size_start`` a linear ramp up to it rounded to 4 px (few distinct shapes, so
@@ -145,12 +150,15 @@ def train_step(
     batch = images[idx]
     size = size or cfg.crop_size
     views = torch.cat([simclr_views(batch, augment_rng, size), simclr_views(batch, augment_rng, size)])
-    if cfg.channels_last:
-        views = views.contiguous(memory_format=torch.channels_last)
+    small = [simclr_views(batch, augment_rng, cfg.small_view_size, scale=SMALL_VIEW_SCALE) for _ in range(cfg.small_views)]
+    memory = torch.channels_last if cfg.channels_last else torch.contiguous_format
     with autocast(views.device):
-        z = model(views)
+        z = model(views.contiguous(memory_format=memory))
+        # The small views in a forward pass of their own: one resolution per pass, and BatchNorm's
+        # statistics per resolution, as SwAV's implementation does.
+        z_small = model(torch.cat(small).contiguous(memory_format=memory)).float().chunk(len(small)) if small else ()
     z1, z2 = z.float().chunk(2)
-    loss = nt_xent_loss(z1, z2, cfg.temperature)
+    loss = multi_crop_nt_xent_loss(z1, z2, list(z_small), cfg.temperature) if small else nt_xent_loss(z1, z2, cfg.temperature)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()

@@ -194,7 +194,8 @@ def main(home: ArtifactHome, run: RunPaths, seed: int = 0) -> Path:
         f"Encoder {cfg.arch} (width {cfg.width}{f', {cfg.expand} features' if cfg.expand else ''}), "
         f"pretrained {epochs} epochs ({minutes:.0f} min) on `{cfg.data}`: "
         f"batch {cfg.batch_size}, {cfg.optimizer} lr {cfg.lr}, temperature {cfg.temperature}, projection {cfg.proj_dim}, "
-        f"views {cfg.crop_size or cfg.image_size} px.",
+        f"views {f'{cfg.crop_size_start} growing to ' if cfg.crop_size_start else ''}{cfg.crop_size or cfg.image_size} px"
+        f"{f' plus {cfg.small_views} of {cfg.small_view_size} px (multi-crop)' if cfg.small_views else ''}.",
         "Top-1 / top-3 on the whole test split. \"seed\": the seed's GPU run (ResNet-50, 50 epochs). "
         "Heads on 10% of the labels use the stratified subset of `simclr finetune`.",
         *([recipe] if (recipe := finetune_recipe(results)) else []),

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from training.loss import nt_xent_loss
+from training.loss import multi_crop_nt_xent_loss, nt_xent_loss
 
 
 def naive_nt_xent(z1: torch.Tensor, z2: torch.Tensor, tau: float) -> torch.Tensor:
@@ -47,3 +47,13 @@ def test_gradient_pulls_positives_together() -> None:
 def test_rejects_mismatched_shapes() -> None:
     with pytest.raises(ValueError, match="must both be"):
         nt_xent_loss(torch.zeros(4, 3), torch.zeros(5, 3))
+
+
+def test_multi_crop_is_the_mean_over_the_full_pair_and_each_full_small_pair() -> None:
+    torch.manual_seed(0)
+    z1, z2, s1, s2 = (torch.randn(6, 8) for _ in range(4))
+    expected = torch.stack([nt_xent_loss(z1, z2), nt_xent_loss(z1, s1), nt_xent_loss(z2, s1), nt_xent_loss(z1, s2), nt_xent_loss(z2, s2)]).mean()
+    torch.testing.assert_close(multi_crop_nt_xent_loss(z1, z2, [s1, s2]), expected)
+    torch.testing.assert_close(multi_crop_nt_xent_loss(z1, z2, []), nt_xent_loss(z1, z2))
+    same = torch.ones(5, 4)
+    assert multi_crop_nt_xent_loss(same, same, [same, same]).item() == pytest.approx(math.log(2 * 5 - 1), rel=1e-5)
