@@ -163,7 +163,7 @@ CPU = {
     # Fine-tuning 5,000 labelled images for 15 min is ~200 epochs: regularised with label
     # smoothing 0.1, a 16 px Cutout square (DeVries & Taylor 2017) and weight decay 5e-4. On
     # the validation split smoothing + Cutout scored 75.4% against 74.8% without (100 epochs on a
-    # 25-min encoder; about one standard error: benchmarks/CPU_RECIPE.md). Fine-tuning from the
+    # 25-min encoder; within one standard error: benchmarks/CPU_RECIPE.md). Fine-tuning from the
     # projection head's first layer (head_from="projection", SimCLRv2) scored 74.8%: not used.
     # Every end-to-end row of the table (random init, supervised) uses the same recipe.
     "finetune": {"time_budget": 15 * 60.0, "label_smoothing": 0.1, "cutout": 16, "weight_decay": 5e-4},
