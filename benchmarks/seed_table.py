@@ -14,7 +14,8 @@ seeds differ between runs; the labelled 10% and the validation split are the sam
 
 A stage already finished in the home is not run again, and an interrupted pretraining resumes
 from its checkpoint, so the script can be stopped and started again (``--home`` then). Each
-stage's wall-clock seconds are kept in ``<home>/seed-<s>/stages.json``. Writes ``--out``: at the
+stage's wall-clock seconds are kept in ``<home>/seed-<s>/stages.json`` (a pretraining killed outright,
+the machine stopped, adds its wall clock up to its last checkpoint). Writes ``--out``: at the
 top level ``runs`` (one object per seed), ``mean`` (the same figures averaged), the seed's column,
 and ``command``, ``machine``, ``created``; top-1 / top-3 in percent on all 10,000 test images, and
 the validation figures beside them (``*_val_top1``), the ones recipe choices are made on. Takes
@@ -59,13 +60,26 @@ def seed_run(simclr: str, home_dir: Path, seed: int, data: str, rows: str) -> di
     def stage(name: str, args: list[str]) -> None:
         if name in state["done"]:
             return
+        state["running"] = {"stage": name, "since": time.time()}  # what a killed attempt had spent: see below
+        atomic_write_json(state_file, state)
         seconds = run_stage(simclr, [*args, "--home", str(home_dir)])
         state["seconds"][name] = round(state["seconds"].get(name, 0.0) + seconds, 1)  # a resumed stage adds up
         state["done"].append(name)
+        state.pop("running", None)
         atomic_write_json(state_file, state)
 
     home = ArtifactHome(home_dir)
     started = sorted(p.parent.name for p in home.runs.glob("*/config.json")) if home.runs.is_dir() else []
+    killed = state.pop("running", None)
+    if killed and killed["stage"] == "pretrain" and started:
+        # A pretraining killed without a word (the machine stopped) keeps what it did up to its last
+        # checkpoint, and the resumed one starts from there: that attempt's wall clock up to that
+        # checkpoint counts (what it did after it is redone, and counted, by the resumed one).
+        checkpoint = RunPaths(home.runs / started[-1]).checkpoint
+        spent = max(0.0, checkpoint.stat().st_mtime - killed["since"]) if checkpoint.exists() else 0.0
+        state["seconds"]["pretrain"] = round(state["seconds"].get("pretrain", 0.0) + spent, 1)
+        state.setdefault("interrupted", []).append({"stage": "pretrain", "seconds_to_last_checkpoint": round(spent, 1)})
+        atomic_write_json(state_file, state)
     if started and "pretrain" not in state["done"]:  # stopped mid-way: go on from its checkpoint
         stage("pretrain", ["pretrain", "--resume", started[-1]])
     stage("pretrain", ["pretrain", "--preset", "cpu", "--seed", str(seed), "--data", data])
