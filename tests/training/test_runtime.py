@@ -47,12 +47,14 @@ def test_freed_activation_buffers_are_reused_without_page_faults() -> None:
     With glibc's defaults each step faults in both buffers again (32k faults a
     step, 160k over the five measured); with the thresholds raised the heap
     settles after a few steps (aligned allocations fragment it a little) and
-    then faults next to nothing.
+    then faults next to nothing: at most one buffer's pages over the five steps
+    (on a fresh clone one run in several settles a step late, faulting exactly
+    one buffer once), against ten buffers' with the defaults.
     """
     buffer_pages = 64 * 2**20 // 4096
     default, tuned = page_faults("default"), page_faults("tuned")
     assert default > 5 * buffer_pages  # the cost being removed is there: each step re-faults its buffers
-    assert tuned < buffer_pages  # less than one buffer's pages over five steps
+    assert tuned <= buffer_pages
 
 
 def test_warmup_cosine_values() -> None:
