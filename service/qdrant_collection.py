@@ -35,6 +35,8 @@ practice (checked against the items collection before it is used).
 
 **Blocking.** Every method here is a network call (or, in embedded local mode for tests and single
 machines, a search in this process): the routes call them in the threadpool or the model thread.
+The embedded mode is not safe under concurrent calls (its points live in unlocked numpy arrays
+and one SQLite connection): :class:`SerializedClient` makes its calls one at a time.
 """
 
 from __future__ import annotations
@@ -91,12 +93,39 @@ def stored_pixels(record: Mapping[str, Any], size: int) -> np.ndarray:
     return to_array(Image.fromarray(np.ascontiguousarray(largest.transpose(1, 2, 0))), size)
 
 
+class SerializedClient:
+    """A ``QdrantClient`` whose calls run one at a time, for the embedded (``path=``) mode.
+
+    The embedded mode keeps each collection's points in parallel numpy arrays grown without a lock:
+    an upsert in one thread while another thread upserts or reads leaves them at different lengths,
+    and every later search of that collection fails (qdrant-client issue #1193). The service calls
+    the client from the threadpool, the model thread and the loader thread at once; a server-backed
+    client (``url=``) is thread-safe and is used as it is.
+    """
+
+    def __init__(self, client: QdrantClient) -> None:
+        self._client = client
+        self._lock = threading.RLock()
+
+    def __getattr__(self, name: str) -> Callable[..., Any]:
+        method = getattr(self._client, name)
+
+        def serialized(*args: Any, **kwargs: Any) -> Any:
+            with self._lock:
+                return method(*args, **kwargs)
+
+        return serialized
+
+
+Client = QdrantClient | SerializedClient
+
+
 @dataclass(frozen=True, eq=False)
 class QdrantView:
     """One model version's collection in Qdrant, as requests see it (the methods a ``View`` has)."""
 
     bundle: LoadedBundle
-    client: QdrantClient
+    client: Client
     name: str  # the version's collection
     items_name: str  # the items collection (stored pixels)
     plain: bool = field(default=False, init=False)
@@ -176,7 +205,7 @@ class QdrantCollection:
 
     error: str | None = None
 
-    def __init__(self, client: QdrantClient, name: str, publish: Callable[[QdrantView], None]) -> None:
+    def __init__(self, client: Client, name: str, publish: Callable[[QdrantView], None]) -> None:
         self.client, self.name, self.publish = client, name, publish
         self.items_name = f"{name}-items"
         self._view: QdrantView | None = None
@@ -350,5 +379,5 @@ def connect(settings: Settings) -> Callable[[Callable[[QdrantView], None]], Qdra
         key = settings.qdrant_api_key.get_secret_value() if settings.qdrant_api_key else None
         client = QdrantClient(url=settings.qdrant_url, api_key=key, timeout=30)
     else:
-        client = QdrantClient(path=str(settings.qdrant_path))
+        client = SerializedClient(QdrantClient(path=str(settings.qdrant_path)))
     return lambda publish: QdrantCollection(client, settings.qdrant_collection, publish)

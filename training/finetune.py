@@ -131,7 +131,9 @@ def finetune(
     else:
         if cfg.head_from not in ("encoder", "projection"):
             raise ValueError(f"unknown head_from {cfg.head_from!r}; choose encoder or projection")
-        hidden = (projection["0.weight"].shape[0] if projection is not None else spec_dim) if cfg.head_from == "projection" else 0
+        hidden = 0
+        if cfg.head_from == "projection":  # the random-init baselines (no projection) get a neck as wide as the features
+            hidden = projection["0.weight"].shape[0] if projection is not None else spec_dim
         model = Classifier(encoder, spec_dim, len(train.classes), hidden=hidden)
         if hidden and projection is not None:
             model.neck.load_state_dict(projection)

@@ -6,17 +6,20 @@ moves with the newest version, a write through a replica still on the old versio
 from __future__ import annotations
 
 import shutil
+import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
 from qdrant_client import QdrantClient
+from qdrant_client import models as qm
 
 from conftest import Bundle, make_images, random_run
 from core.bundles import LoadedBundle, load_bundle
 from core.home import ArtifactHome
 from service.model_thread import embeddings as embed_pixels
-from service.qdrant_collection import QdrantCollection, QdrantView
+from service.qdrant_collection import QdrantCollection, QdrantView, connect
+from service.settings import Settings
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")  # local mode warns that it is not for production
 
@@ -64,3 +67,31 @@ def test_two_replicas_share_one_collection_across_a_new_version(bundle: Bundle, 
     stored, _ = view.image(late.id)
     assert stored.shape == (3, 64, 64)  # the larger stored copy, from the items collection
     client.close()
+
+
+def test_the_embedded_client_takes_concurrent_writes_and_searches(tmp_path: Path) -> None:
+    """Qdrant's embedded mode grows a collection's point arrays without a lock: concurrent upserts leave
+    them at different lengths and every later search fails (qdrant-client issue #1193). The service
+    calls it from the threadpool, the model thread and the loader thread at once: connect() serializes it."""
+    client = connect(Settings(index_backend="qdrant", qdrant_path=tmp_path / "qdrant"))(lambda view: None).client
+    client.create_collection("t", vectors_config=qm.VectorParams(size=8, distance=qm.Distance.DOT))
+    errors: list[Exception] = []
+
+    def writer(seed: int) -> None:
+        rng = np.random.default_rng(seed)
+        try:
+            for batch in range(20):
+                points = [qm.PointStruct(id=seed * 1000 + batch * 10 + i, vector=rng.random(8).tolist()) for i in range(10)]
+                client.upsert("t", points, wait=True)
+                client.query_points("t", query=[1.0] * 8, limit=5)
+        except Exception as e:  # noqa: BLE001 - collected, asserted below
+            errors.append(e)
+
+    threads = [threading.Thread(target=writer, args=(seed,)) for seed in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[:2]
+    assert client.count("t", exact=True).count == 8 * 20 * 10
+    assert len(client.scroll("t", limit=2000)[0]) == 8 * 20 * 10
