@@ -20,6 +20,11 @@ top level ``runs`` (one object per seed), ``mean`` (the same figures averaged), 
 and ``command``, ``machine``, ``created``; top-1 / top-3 in percent on all 10,000 test images, and
 the validation figures beside them (``*_val_top1``), the ones recipe choices are made on. Takes
 about 3 h 20 min per seed on two cores; never part of the tests.
+
+Every stage of every seed runs on one kind of machine (CPU model, cores, torch's CPU capability,
+native bf16): the stages are timed, and on two cores without AVX-512 the same 103 minutes pretrain
+about a third of the epochs (~500 against ~1,400 views/s). A home whose stages ran on another kind
+is refused (``--any-machine`` to mix them anyway); each run records its kind.
 """
 
 from __future__ import annotations
@@ -39,10 +44,25 @@ from core.home import ArtifactHome
 from core.runs import RunPaths
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import result_header, scrub_paths  # noqa: E402
+from machine import machine, result_header, scrub_paths  # noqa: E402
 
 # The seed's Table 1 (ResNet-50 on a GPU, 50 epochs), top-1 / top-3 in percent.
 SEED = {"finetune": (77.4, 94.8), "linear": (71.3, 93.6)}
+
+
+def machine_kind() -> dict[str, object]:
+    """What decides how far a timed stage gets here: the CPU, its cores, torch's kernels for it."""
+    info = machine()
+    return {k: info.get(k) for k in ("cpu", "cores", "cpu_capability", "cpu_bf16")}
+
+
+def check_machines(root: Path, kind: dict[str, object]) -> None:
+    """Refuse to go on with a seed table whose finished or started stages ran on another kind of machine."""
+    for state_file in sorted(root.glob("seed-*/stages.json")):
+        ran_on = json.loads(state_file.read_text()).get("machine")
+        if ran_on is not None and ran_on != kind:
+            raise SystemExit(f"{state_file.parent.name} ran on {ran_on}, this machine is {kind}: the timed stages would not "
+                             "be comparable. Run the table on that kind of machine, start a new --home, or pass --any-machine.")
 
 
 def run_stage(simclr: str, args: list[str]) -> float:
@@ -56,6 +76,7 @@ def seed_run(simclr: str, home_dir: Path, seed: int, data: str, rows: str) -> di
     """Every stage of one seed's run that is not done yet; returns its figures."""
     state_file = home_dir / "stages.json"
     state: dict[str, Any] = json.loads(state_file.read_text()) if state_file.exists() else {"seconds": {}, "done": []}
+    state.setdefault("machine", machine_kind())
 
     def stage(name: str, args: list[str]) -> None:
         if name in state["done"]:
@@ -87,7 +108,7 @@ def seed_run(simclr: str, home_dir: Path, seed: int, data: str, rows: str) -> di
     stage("finetune", ["finetune", "--preset", "cpu", "--run", run.run_id])
     stage("distill", ["distill", "--preset", "cpu", "--run", run.run_id])
     stage("evaluate", ["evaluate", "--preset", "cpu", "--rows", rows, "--run", run.run_id])
-    return figures(run, seed, state["seconds"])
+    return {**figures(run, seed, state["seconds"]), "machine": state["machine"]}
 
 
 def figures(run: RunPaths, seed: int, seconds: dict[str, float]) -> dict[str, Any]:
@@ -101,6 +122,7 @@ def figures(run: RunPaths, seed: int, seconds: dict[str, float]) -> dict[str, An
         "pretrain_minutes": round(seconds["pretrain"] / 60, 1), "finetune_minutes": round(seconds["finetune"] / 60, 1),
         "distill_minutes": round(seconds["distill"] / 60, 1),
         "pretrain_epochs": run.metrics_history()[-1]["epoch"],
+        "pretrain_views_per_s": round(run.metrics_history()[-1]["views_per_s"]),
     }
     for name, top, val in (("finetune", ft, "finetune_val"), ("distill", ds, "distill_val")):
         out |= {f"{name}_top1": pct(top[f"{name}_top1"]), f"{name}_top3": pct(top[f"{name}_top3"]),
@@ -118,11 +140,14 @@ def main() -> None:
     p.add_argument("--data", default="../shared/datasets/cifar10-jpeg", help="image folder or cifar10 (default: %(default)s)")
     p.add_argument("--home", help="folder for the runs, one home per seed (default: a temporary folder, deleted after)")
     p.add_argument("--out", default="benchmarks/results/seed_table_cpu.json", help="result file (default: %(default)s)")
+    p.add_argument("--any-machine", action="store_true", help="go on with stages that ran on another kind of machine (default: refuse)")
     a = p.parse_args()
     simclr = str(Path(sys.executable).parent / "simclr")
     rows = "linear,knn,distill"
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(a.home or tmp)
+        if not a.any_machine:
+            check_machines(root, machine_kind())
         runs = [seed_run(simclr, root / f"seed-{s}", s, a.data, rows) for s in range(a.seeds)]
     numeric = [k for k in runs[0] if k not in ("seed", "run_id") and all(isinstance(r.get(k), (int, float)) for r in runs)]
     mean = {k: round(sum(r[k] for r in runs) / len(runs), 2) for k in numeric}

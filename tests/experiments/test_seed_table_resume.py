@@ -1,4 +1,5 @@
-"""benchmarks/seed_table.py counts a pretraining killed outright: its wall clock up to its last checkpoint."""
+"""benchmarks/seed_table.py counts a pretraining killed outright (its wall clock up to its last checkpoint) and
+refuses to mix kinds of machine in one table."""
 
 from __future__ import annotations
 
@@ -36,3 +37,15 @@ def test_a_killed_pretraining_adds_its_time_to_the_last_checkpoint_and_is_resume
     assert seconds["pretrain"] == 600.0 + 60.0  # the killed attempt to its checkpoint, then the resumed one
     state = json.loads((home / "stages.json").read_text())
     assert "running" not in state and state["interrupted"] == [{"stage": "pretrain", "seconds_to_last_checkpoint": 600.0}]
+
+
+def test_stages_that_ran_on_another_kind_of_machine_are_refused(tmp_path: Path) -> None:
+    here = seed_table.machine_kind()
+    (tmp_path / "seed-0").mkdir()
+    (tmp_path / "seed-0" / "stages.json").write_text(json.dumps({"seconds": {}, "done": ["pretrain"], "machine": here}))
+    seed_table.check_machines(tmp_path, here)  # the same kind: goes on
+    (tmp_path / "seed-1").mkdir()
+    other = {**here, "cpu_capability": "AVX512" if here["cpu_capability"] != "AVX512" else "AVX2"}
+    (tmp_path / "seed-1" / "stages.json").write_text(json.dumps({"seconds": {}, "done": [], "machine": other}))
+    with pytest.raises(SystemExit, match="seed-1 ran on .* not be comparable"):
+        seed_table.check_machines(tmp_path, here)
