@@ -41,9 +41,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> None:
     """Serve until interrupted, with the flags in ``args`` (other attributes of it are ignored)."""
-    from service.threads import passive_openmp
+    from service.threads import process_defaults
 
-    passive_openmp()  # before anything below loads torch and FAISS (and their OpenMP)
+    process_defaults()  # before anything below loads torch and FAISS (and their OpenMP) or starts a thread
 
     from service.app import run
     from service.settings import Settings

@@ -437,9 +437,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     if args.command == "serve":
-        from service.threads import passive_openmp
+        from service.threads import process_defaults
 
-        passive_openmp()  # before anything loads torch
+        process_defaults()  # before anything loads torch
     from core.bundles import BundleError
     from core.datasets import DataError
     from training.pretrain import Interrupted

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -61,3 +62,16 @@ def test_workers_that_cannot_start_end_main_with_one_line(monkeypatch: pytest.Mo
     monkeypatch.setattr("service.app.run", run)
     with pytest.raises(SystemExit, match="error: worker 42 exited with exit code 3"):
         serve.main(parser().parse_args([]))
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc arenas")
+@pytest.mark.parametrize("given", [None, "4"])
+def test_a_server_process_and_its_workers_get_one_malloc_arena_unless_the_user_chose(given: str | None) -> None:
+    """The model thread's own arena page-faulted its freed activations back in every forward pass (service.threads)."""
+    code = ("import os; from service.threads import process_defaults; process_defaults(); "
+            "print(os.environ.get('MALLOC_ARENA_MAX'), os.environ.get('OMP_WAIT_POLICY'))")
+    env = {k: v for k, v in os.environ.items() if k not in ("MALLOC_ARENA_MAX", "OMP_WAIT_POLICY")}
+    if given is not None:
+        env["MALLOC_ARENA_MAX"] = given
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, check=True, timeout=60).stdout.split()
+    assert out == [given or "1", "PASSIVE"]
