@@ -149,10 +149,16 @@ class QdrantView:
         return {int(p.id): p.payload["payload"] for p in points if p.payload.get("added")}
 
     def image(self, item_id: int) -> tuple[np.ndarray, str]:
+        """The item's pixels and what identifies them; KeyError if it is gone (deleted since the caller's ``has``)."""
         point = self._point(item_id)
-        if point is None or not point.payload.get("added"):
+        if point is None:
+            raise KeyError(item_id)
+        if not point.payload.get("added"):
             return self.bundle.pixels[item_id], f"{self.bundle.version}-{item_id}"
-        record = self.client.retrieve(self.items_name, [item_id], with_payload=True)[0].payload
+        found = self.client.retrieve(self.items_name, [item_id], with_payload=True)
+        if not found or found[0].payload.get("deleted"):
+            raise KeyError(item_id)
+        record = found[0].payload
         size = max(int(s) for s in record["png"])
         return stored_pixels(record, size), f"item-{item_id}-{record['updated']}"
 

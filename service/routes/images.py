@@ -34,7 +34,10 @@ def image_of(view: AnyView, item_id: int) -> tuple[np.ndarray, str]:
     """A live item's pixels and what identifies them; 404 if there is no such item."""
     if not view.has(item_id):
         raise HTTPException(404, f"no item with id {item_id}")
-    return view.image(item_id)
+    try:
+        return view.image(item_id)
+    except KeyError:  # deleted by another request since ``has``: a Qdrant view is live, not a snapshot
+        raise HTTPException(404, f"no item with id {item_id}") from None
 
 
 @router.get(

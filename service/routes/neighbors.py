@@ -51,6 +51,8 @@ def hits(bundle: LoadedBundle, scores: np.ndarray, ids: np.ndarray, k: int, excl
         if i in added:
             out.append(Neighbor(id=i, label=None, score=score, image_url=f"/images/{i}", source=added_source(i), payload=added[i]))
             continue
+        if i >= len(bundle.labels):  # an added item deleted between the search and ``described`` (a live Qdrant collection)
+            continue
         label = int(bundle.labels[i])
         name, source = names[label] if label >= 0 else None, bundle.sources[i]
         out.append(
@@ -108,7 +110,10 @@ async def collection_neighbors_of_id(request: Request, view: AnyView, item_id: i
     if not (await run_in_threadpool(view.has, item_id) if view.remote else view.has(item_id)):
         raise HTTPException(404, f"no item with id {item_id}")
     if view.remote:  # network calls: the threadpool, not the model thread that runs forward passes
-        scores, ids = await run_in_threadpool(view.neighbors_of, item_id, k)
+        try:
+            scores, ids = await run_in_threadpool(view.neighbors_of, item_id, k)
+        except KeyError:  # deleted by another request since ``has``: a Qdrant view is live, not a snapshot
+            raise HTTPException(404, f"no item with id {item_id}") from None
     elif view.neighbors_macs(item_id, k) <= INLINE_MACS:  # the table's hits and a few added vectors: cheaper than a thread hop
         scores, ids = view.neighbors_of(item_id, k)
     else:  # a search over the index or many added vectors: in the model thread, not on the event loop
