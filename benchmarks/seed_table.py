@@ -116,13 +116,14 @@ def figures(run: RunPaths, seed: int, seconds: dict[str, float]) -> dict[str, An
     finetune, distill, rows = run.read_finetune(), run.read_distill(), run.eval_rows()
     assert finetune is not None and distill is not None
     ft, ds = finetune.metrics, distill.metrics
+    last_epoch = run.metrics_history()[-1]
     pct = lambda x: round(100 * x, 2)  # noqa: E731
     out: dict[str, Any] = {
         "seed": seed, "run_id": run.run_id,
         "pretrain_minutes": round(seconds["pretrain"] / 60, 1), "finetune_minutes": round(seconds["finetune"] / 60, 1),
         "distill_minutes": round(seconds["distill"] / 60, 1),
-        "pretrain_epochs": run.metrics_history()[-1]["epoch"],
-        "pretrain_views_per_s": round(run.metrics_history()[-1]["views_per_s"]),
+        "pretrain_epochs": last_epoch["epoch"],
+        "pretrain_views_per_s": round(last_epoch["views_per_s"]),
     }
     for name, top, val in (("finetune", ft, "finetune_val"), ("distill", ds, "distill_val")):
         out |= {f"{name}_top1": pct(top[f"{name}_top1"]), f"{name}_top3": pct(top[f"{name}_top3"]),

@@ -18,18 +18,16 @@ model thread's arena hands its freed activation buffers back to the kernel: ever
 forward pass page-faulted them in again (~10,000 faults/s per worker, full-width
 ResNet-18 at 32 connections). With one arena (the main one, whose thresholds adapt
 to the buffers) the faults were gone and the model thread served more: measured on
-a 2-core AVX2 machine, 2 workers, 32 connections, served over raw 0.867 against
-0.822 (two rounds each), requests/s 88.8 and 82.0 against 81.1 and 78.9.
+a 2-core AVX2 machine, 2 workers, 32 connections, served over raw 0.862 against
+0.812 (means of six samples each, alternating; benchmarks/SERVICE_LOAD.md).
 """
 
 from __future__ import annotations
 
-import ctypes
 import os
-import platform
 import sys
 
-_M_ARENA_MAX = -8  # glibc's mallopt parameter
+from core.malloc import M_ARENA_MAX, is_glibc, mallopt
 
 
 def passive_openmp() -> None:
@@ -42,13 +40,10 @@ def passive_openmp() -> None:
 def one_malloc_arena() -> None:
     """One glibc malloc arena for this process and the workers it starts, unless the user set MALLOC_ARENA_MAX.
     Before the server starts its threads: an arena limit counts from a thread's first allocation."""
-    if "MALLOC_ARENA_MAX" in os.environ or platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+    if "MALLOC_ARENA_MAX" in os.environ or not is_glibc():
         return
     os.environ["MALLOC_ARENA_MAX"] = "1"  # read by glibc when a worker process starts
-    try:
-        ctypes.CDLL("libc.so.6").mallopt(_M_ARENA_MAX, 1)  # this process has started already
-    except (OSError, AttributeError):
-        pass
+    mallopt(M_ARENA_MAX, 1)  # this process has started already
 
 
 def process_defaults() -> None:

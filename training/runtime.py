@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import logging
 import math
-import platform
 
 import torch
+
+from core.malloc import M_MMAP_THRESHOLD, M_TRIM_THRESHOLD, is_glibc, mallopt
 
 NATIVE_BF16_CAPABILITY = (8, 0)  # Ampere (A100, RTX 30xx) and later have bf16 tensor cores
 
@@ -42,7 +42,6 @@ def autocast(device: torch.device) -> contextlib.AbstractContextManager[None]:
 
 
 # glibc mallopt parameters (malloc.h).
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 
 
 def keep_freed_memory(mmap_threshold: int = 1 << 30) -> bool:
@@ -58,14 +57,10 @@ def keep_freed_memory(mmap_threshold: int = 1 << 30) -> bool:
     process keeps its peak heap until it exits, which suits a training run.
     Returns whether glibc accepted the settings; elsewhere it does nothing.
     """
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+    if not is_glibc():
         return False
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        accepted = libc.mallopt(_M_MMAP_THRESHOLD, mmap_threshold) == 1
-        accepted = libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1) == 1 and accepted
-    except (OSError, AttributeError):
-        return False
+    accepted = mallopt(M_MMAP_THRESHOLD, mmap_threshold)
+    accepted = mallopt(M_TRIM_THRESHOLD, 2**31 - 1) and accepted
     if not accepted:
         logging.getLogger(__name__).info("glibc refused the malloc thresholds; training runs with its defaults")
     return accepted
