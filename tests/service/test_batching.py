@@ -91,3 +91,41 @@ def test_a_request_on_its_way_is_waited_for_unless_the_model_is_the_bottleneck()
 
     waited, not_waited = asyncio.run(go())
     assert waited >= 0.8 * max_wait and not_waited < 0.5 * max_wait
+
+
+def test_a_saturated_batcher_waits_for_as_many_items_as_its_last_batch_had() -> None:
+    """While the model is the bottleneck, a batch waits up to ``max_wait`` until as many items are pending as
+    the last batch was taken from (under load, the requests its answers released, on their way back), so
+    a worker's connections do not split into two half-size batches taking turns; never longer than ``max_wait``."""
+    import time
+
+    from service.batching import SATURATED
+
+    max_wait = 0.05
+    slow = SATURATED * max_wait * 1.2
+    batches: list[list[int]] = []
+
+    def fn(bundle: object, items: list[int]) -> list[int]:
+        batches.append(list(items))
+        time.sleep(slow)
+        return items
+
+    async def later(batcher: Batcher, item: int, delay: float) -> int:
+        await asyncio.sleep(delay)
+        return await batcher.submit(None, item)
+
+    async def go() -> float:
+        with ThreadPoolExecutor(1) as executor:
+            batcher = Batcher(fn, executor, max_size=8, max_wait=max_wait)
+            await asyncio.gather(*(batcher.submit(None, i) for i in range(3)))  # a slow batch of 3
+            # one item now, two more within the wait: one batch of 3 again, not a batch of 1 and one of 2
+            await asyncio.gather(batcher.submit(None, 10), later(batcher, 11, max_wait / 5), later(batcher, 12, max_wait / 5))
+            t = time.perf_counter()
+            await batcher.submit(None, 20)  # the others never come: it goes after max_wait
+            delay = time.perf_counter() - t - slow
+            await batcher.close()
+            return delay
+
+    delay = asyncio.run(go())
+    assert batches == [[0, 1, 2], [10, 11, 12], [20]]
+    assert 0.8 * max_wait <= delay < 4 * max_wait
