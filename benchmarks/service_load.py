@@ -97,10 +97,10 @@ def _raw_worker(bundle_dir: str, batch: int, threads: int, seconds: float, start
 
 def raw_as_workers(bundle_dir: Path, batch: int, workers: int, threads: int, seconds: float) -> dict[str, object]:
     """Images/s of ``workers`` processes, each running the classify function with ``threads``
-    torch threads, side by side and started together: how ``--workers`` runs its models. On the
-    2-core build machine two one-thread processes did ~9% more than one two-thread process
-    (2,733 against at best 2,510 images/s at batch 32, benchmarks/results/service_load_workers2.json),
-    so the ratio divides by the highest of both kinds of measurement."""
+    torch threads, side by side and started together: how ``--workers`` runs its models. On 2-core
+    build machines two one-thread processes did 9-12% more than one two-thread process (batch 32:
+    2,733 against at best 2,510 images/s with AVX-512; 1,375 against at best 1,225 with AVX2 only,
+    benchmarks/results/service_load_workers2.json), so the ratio divides by the highest of both kinds."""
     import multiprocessing
 
     ctx = multiprocessing.get_context("spawn")
