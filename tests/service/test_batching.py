@@ -119,7 +119,7 @@ def test_a_saturated_batcher_waits_for_as_many_items_as_its_last_batch_had() -> 
             batcher = Batcher(fn, executor, max_size=8, max_wait=max_wait)
             await asyncio.gather(*(batcher.submit(None, i) for i in range(3)))  # a slow batch of 3
             # one item now, two more within the wait: one batch of 3 again, not a batch of 1 and one of 2
-            await asyncio.gather(batcher.submit(None, 10), later(batcher, 11, max_wait / 5), later(batcher, 12, max_wait / 5))
+            await asyncio.gather(batcher.submit(None, 10), later(batcher, 11, max_wait / 10), later(batcher, 12, max_wait / 10))
             t = time.perf_counter()
             await batcher.submit(None, 20)  # the others never come: it goes after max_wait
             delay = time.perf_counter() - t - slow
