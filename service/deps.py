@@ -37,6 +37,11 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 StoreDep = Annotated[ModelStore, Depends(get_store)]
 
 
+def no_item(item_id: int) -> HTTPException:
+    """The 404 of a route given an id that is not (or no longer) a live item of the served collection."""
+    return HTTPException(404, f"no item with id {item_id}")
+
+
 def served_bundle(store: ModelStore) -> LoadedBundle:
     """The store's bundle, taken once for a request's whole life (a reload may swap the store's); 503 if none."""
     return served_view(store).bundle

@@ -6,11 +6,11 @@ import io
 from typing import Annotated
 
 import numpy as np
-from fastapi import APIRouter, HTTPException, Path, Query, Request, Response
+from fastapi import APIRouter, Path, Query, Request, Response
 from PIL import Image
 from starlette.concurrency import run_in_threadpool
 
-from service.deps import AnyView, ViewDep
+from service.deps import AnyView, ViewDep, no_item
 from service.routes.neighbors import check_id
 from service.schemas import errors
 
@@ -33,11 +33,11 @@ def png(chw: np.ndarray, size: int | None) -> bytes:
 def image_of(view: AnyView, item_id: int) -> tuple[np.ndarray, str]:
     """A live item's pixels and what identifies them; 404 if there is no such item."""
     if not view.has(item_id):
-        raise HTTPException(404, f"no item with id {item_id}")
+        raise no_item(item_id)
     try:
         return view.image(item_id)
     except KeyError:  # deleted by another request since ``has``: a Qdrant view is live, not a snapshot
-        raise HTTPException(404, f"no item with id {item_id}") from None
+        raise no_item(item_id) from None
 
 
 @router.get(

@@ -23,7 +23,7 @@ from starlette.concurrency import run_in_threadpool
 from core.collection import MAX_ID, MAX_PAYLOAD_BYTES, CollectionError, PayloadError, parse_payload, stored_sizes
 from service.auth import check_bearer
 from service.decoding import prepare_copies
-from service.deps import AnyView, SettingsDep, StoreDep, ViewDep, served_view
+from service.deps import AnyView, SettingsDep, StoreDep, ViewDep, no_item, served_view
 from service.fastpath import receive_form, upload_body
 from service.schemas import Item, ItemPage, ItemSummary, ItemWritten, errors
 
@@ -133,7 +133,7 @@ def item_page(view: AnyView, offset: int, limit: int) -> ItemPage:
 def item_of(view: AnyView, item_id: int) -> Item:
     """One live item of ``view`` (blocking for a remote view); 404 if there is none."""
     if not view.has(item_id):
-        raise HTTPException(404, f"no item with id {item_id}")
+        raise no_item(item_id)
     return Item(id=item_id, payload=view.payload(item_id), image_url=f"/images/{item_id}", model_version=view.bundle.version)
 
 
@@ -148,11 +148,11 @@ async def delete_item(store: StoreDep, item_id: Annotated[int, Path(description=
     """Delete a live item (an indexed image or an added one): on disk when answered, never in an answer again."""
     served_view(store)  # 503 while no model is loaded
     if not 0 <= item_id <= MAX_ID:
-        raise HTTPException(404, f"no item with id {item_id}")
+        raise no_item(item_id)
     try:
         version = await run_in_threadpool(store.collection.delete, item_id)
     except (CollectionError, OSError) as e:
         raise HTTPException(503, f"the item could not be deleted: {e}") from e
     if version is None:
-        raise HTTPException(404, f"no item with id {item_id}")
+        raise no_item(item_id)
     return Response(status_code=204)

@@ -18,7 +18,7 @@ from core.bundles import LoadedBundle
 from index.faiss_index import reconstruct, search
 from service.collection import added_source
 from service.decoding import prepare_upload
-from service.deps import AnyView, ViewDep
+from service.deps import AnyView, ViewDep, no_item
 from service.fastpath import UPLOAD_BODY, DirectRoute, int_parameter, int_query, json_response, receive_upload, serving
 from service.frozen import MAX_K
 from service.schemas import Neighbor, NeighborQuery, NeighborsResponse, errors
@@ -108,12 +108,12 @@ async def neighbors_of_id(
 async def collection_neighbors_of_id(request: Request, view: AnyView, item_id: int, k: int) -> NeighborsResponse:
     """GET /neighbors?id= over a view with added or deleted items (``View.neighbors_of``), or on Qdrant."""
     if not (await run_in_threadpool(view.has, item_id) if view.remote else view.has(item_id)):
-        raise HTTPException(404, f"no item with id {item_id}")
+        raise no_item(item_id)
     if view.remote:  # network calls: the threadpool, not the model thread that runs forward passes
         try:
             scores, ids = await run_in_threadpool(view.neighbors_of, item_id, k)
         except KeyError:  # deleted by another request since ``has``: a Qdrant view is live, not a snapshot
-            raise HTTPException(404, f"no item with id {item_id}") from None
+            raise no_item(item_id) from None
     elif view.neighbors_macs(item_id, k) <= INLINE_MACS:  # the table's hits and a few added vectors: cheaper than a thread hop
         scores, ids = view.neighbors_of(item_id, k)
     else:  # a search over the index or many added vectors: in the model thread, not on the event loop
