@@ -22,8 +22,8 @@ can be stopped and started again (``--home`` then). Each stage's wall-clock seco
 ``<home>/seed-<s>/stages.json`` (a pretraining killed outright, the machine stopped, adds its wall
 clock up to its last checkpoint).
 
-A table takes longer than one machine may be kept. After every stage the seeds' state and their
-runs' JSON files (no weights) are copied to ``--keep`` (committed with the results), and a later
+A table takes longer than one machine may be kept. After each seed's chain and each baseline, its state and its
+run's JSON files (no weights) are copied to ``--keep`` (committed with the results), and a later
 machine starts from there: the baselines and any seed whose chain has ended carry over, a chain
 cut short starts again. ``--time-left`` (the minutes this machine is kept) leaves a chain or a
 baseline that would not end in time for later instead of starting it.
@@ -67,6 +67,7 @@ SEED = {"finetune": (77.4, 94.8), "linear": (71.3, 93.6)}
 # (the random-init fine-tune, distilled) needs only the run's config and can run on another.
 WEIGHT_CHAIN = ("pretrain", "finetune", "distill", "evaluate")
 EVAL_ROWS = {"evaluate": "linear,knn", "baseline": "distill"}
+NEEDS = {"finetune": "encoder", "distill": "classifier", "evaluate": "encoder", "baseline": "config"}  # the run's file each reads
 # Minutes per stage on two AVX-512 cores: the preset's budgets plus loading and scoring. Used only to
 # leave a stage for later when it would not end within --time-left.
 STAGE_MINUTES = {"pretrain": 105, "finetune": 16, "distill": 31, "evaluate": 8, "baseline": 47}
@@ -159,11 +160,10 @@ def seed_run(simclr: str, home_dir: Path, seed: int, data: str, stages: tuple[st
         if not deadline.fits(minutes):
             print(f"seed {seed}: {' + '.join(chain)} (~{minutes} min) would not end within --time-left: left for later", flush=True)
             return False
-        if name != "pretrain":
-            needs = {"finetune": "encoder", "distill": "classifier", "evaluate": "encoder"}.get(name)
-            if run is None or (needs and not getattr(run, needs).exists()):
-                raise SystemExit(f"seed {seed}: {name} needs the run's {needs or 'config'}, which is not in {home_dir} (its earlier "
-                                 "stages ran on a machine that is gone). Delete the seed's folder in --home and --keep to run it again.")
+        needs = NEEDS.get(name)
+        if needs and (run is None or not getattr(run, needs).exists()):
+            raise SystemExit(f"seed {seed}: {name} needs the run's {needs}, which is not in {home_dir} (its earlier "
+                             "stages ran on a machine that is gone). Delete the seed's folder in --home and --keep to run it again.")
         resume = name == "pretrain" and bool(started)  # stopped mid-way: go on from its checkpoint
         args = ["pretrain", "--resume", started[-1]] if resume else stage_args(name, seed, data, run.run_id if run else None)
         state["running"] = {"stage": name, "since": time.time()}  # what a killed attempt had spent: see above
