@@ -32,7 +32,7 @@ Writes ``--out`` once every stage of every seed is done: at the top level ``runs
 seed), ``mean`` (the same figures averaged), the seed's column, and ``command``, ``machine``,
 ``created``; top-1 / top-3 in percent on all 10,000 test images, and the validation figures beside
 them (``*_val_top1``), the ones recipe choices are made on. Until then the seeds so far go to
-``<keep>/partial.json`` (``"complete": false``).
+``<keep>/partial.json`` (``"complete": false``), which the finished table replaces.
 
 Every stage of every seed runs on one kind of machine (CPU model, cores, torch's CPU capability,
 native bf16): the stages are timed, and on two cores without AVX-512 the same 103 minutes pretrain
@@ -227,6 +227,17 @@ def figures(run: RunPaths, seed: int, seconds: dict[str, float]) -> dict[str, An
     return out
 
 
+def write_result(result: dict[str, Any], out: Path, kept: Path | None, complete: bool) -> Path:
+    """Only a finished table is the result; until then the seeds so far go with the kept stages, and
+    the finished one replaces them (a stale ``partial.json`` beside it would say less than it)."""
+    target = out if complete or kept is None else kept / "partial.json"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(json.dumps(result, indent=2) + "\n")
+    if complete and kept is not None:
+        (kept / "partial.json").unlink(missing_ok=True)
+    return target
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seeds", type=int, default=2, help="runs, seeded 0 .. N-1 (default: %(default)s)")
@@ -288,10 +299,7 @@ def main() -> None:
 
     result["report"] = seed_runs_table(result)
     result = scrub_paths(result, paths)
-    # Only a finished table is the result; until then the seeds so far go with the kept stages.
-    target = out if complete or kept is None else kept / "partial.json"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(json.dumps(result, indent=2) + "\n")
+    target = write_result(result, out, kept, complete)
     print(result["report"])
     print(f"-> {target}" + ("" if complete else " (not finished: run the same command again, on the same kind of machine)"))
 

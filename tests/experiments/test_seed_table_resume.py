@@ -134,3 +134,11 @@ def test_stages_that_ran_on_another_kind_of_machine_are_refused(tmp_path: Path) 
     (tmp_path / "seed-1" / "stages.json").write_text(json.dumps({"seconds": {}, "done": [], "machine": other}))
     with pytest.raises(SystemExit, match="seed-1 ran on .* not be comparable"):
         seed_table.check_machines(tmp_path, here)
+
+
+def test_the_finished_table_is_the_result_and_replaces_the_kept_partial_one(tmp_path: Path) -> None:
+    out, kept = tmp_path / "results" / "seed_table.json", tmp_path / "results" / "seed_table_state"
+    assert seed_table.write_result({"complete": False}, out, kept, complete=False) == kept / "partial.json"
+    assert not out.exists()
+    assert seed_table.write_result({"complete": True}, out, kept, complete=True) == out
+    assert json.loads(out.read_text()) == {"complete": True} and not (kept / "partial.json").exists()
