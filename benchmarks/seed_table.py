@@ -53,7 +53,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from core.atomic import atomic_write_json
+from core.atomic import atomic_write_bytes, atomic_write_json
 from core.home import ArtifactHome
 from core.runs import RunPaths
 from training.evaluation_suite import GROUPS
@@ -231,8 +231,7 @@ def write_result(result: dict[str, Any], out: Path, kept: Path | None, complete:
     """Only a finished table is the result; until then the seeds so far go with the kept stages, and
     the finished one replaces them (a stale ``partial.json`` beside it would say less than it)."""
     target = out if complete or kept is None else kept / "partial.json"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(json.dumps(result, indent=2) + "\n")
+    atomic_write_bytes(target, (json.dumps(result, indent=2) + "\n").encode())  # key order kept: the header first
     if complete and kept is not None:
         (kept / "partial.json").unlink(missing_ok=True)
     return target
