@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import copy
 import gc
 import logging
 import logging.config
@@ -13,6 +12,7 @@ import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
+from functools import partial
 from pathlib import Path
 
 import faiss
@@ -29,10 +29,13 @@ from prometheus_client import multiprocess as prometheus_multiprocess
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from core.devices import available_cores
 from core.home import ArtifactHome
 from service import metrics, model_thread
+from service.access_log import log_config as access_log_config
 from service.batching import Batcher, Batchers
 from service.collection import follow
+from service.decoding import decode_pool
 from service.fastpath import DirectRoutes
 from service.limits import BodyLimitMiddleware
 from service.metrics import Metrics, MetricsMiddleware
@@ -113,15 +116,18 @@ def make_batchers(settings: Settings, app_metrics: Metrics | None = None) -> Bat
     """The model's batchers, one per kind of work in ``service.model_thread``. One thread runs every
     forward pass, with ``settings.torch_threads``."""
     executor = ThreadPoolExecutor(1, thread_name_prefix="model", initializer=set_threads, initargs=(settings.torch_threads,))
+    # A batch's uploads are decoded over as many threads as the forward pass uses (one: by the model thread itself).
+    pool = decode_pool(settings.torch_threads or available_cores())
     size, wait = settings.max_batch_size, settings.max_batch_wait_ms / 1000
-    fns = {"classify": model_thread.classify, "neighbors": model_thread.embed_and_search, "embed": model_thread.embed,
-           "search": model_thread.neighbors_of_ids}
+    fns = {"classify": partial(model_thread.classify, pool=pool), "neighbors": partial(model_thread.embed_and_search, pool=pool),
+           "embed": partial(model_thread.embed, pool=pool), "search": model_thread.neighbors_of_ids}
     return Batchers(
         {
             kind: Batcher(fn, executor, max_size=size, max_wait=wait, on_batch=app_metrics.batch_observer(kind) if app_metrics else None)
             for kind, fn in fns.items()
         },
         executor,
+        pool,
     )
 
 
@@ -218,9 +224,7 @@ def run(settings: Settings | None = None) -> None:
     # per forward pass. 1 ms: /classify at 32 connections 410 -> 460-625 requests/s (build
     # machine, another process training beside it).
     sys.setswitchinterval(SWITCH_INTERVAL)
-    log_config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
-    # Our "service" logger through uvicorn's handler, so model loads and errors show like its own lines.
-    log_config["loggers"]["service"] = {"handlers": ["default"], "level": settings.log_level.upper(), "propagate": False}
+    log_config = access_log_config(settings.log_level)
     # uvicorn builds each access-log line's arguments before the logger drops them below info.
     access_log = settings.log_level.lower() in ("info", "debug", "trace")
     where = {"host": settings.host, "port": settings.port, "log_level": settings.log_level, "log_config": log_config,

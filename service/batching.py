@@ -1,9 +1,10 @@
 """Dynamic batching: concurrent model requests share one forward pass.
 
-Each route prepares its upload inside ``with batcher.incoming():`` (``decoding.prepare_upload``),
-then ``await batcher.submit(bundle, item)``. A :class:`Batcher` (one per kind of
+A route submits its item with ``await batcher.submit(bundle, item)``; one with work to await
+first (``POST /items`` decodes its copies in the threadpool) does it inside ``with
+batcher.incoming():``. A :class:`Batcher` (one per kind of
 work: classify, embed+search) runs one asyncio task that waits for a first item,
-then for more while requests are on their way (still preparing their upload) but at most
+then for more while requests are on their way (inside ``incoming``) but at most
 ``max_wait`` seconds, and hands at most ``max_size`` items to ``fn`` in the model
 thread. So a lone request never waits for company that is not coming, and under
 load the requests that arrive during one forward pass form the next batch.
@@ -177,7 +178,8 @@ class Batchers:
     """The app's batchers by kind; built by ``create_app``, closed by its lifespan."""
 
     by_kind: dict[str, Batcher[Any, Any]]
-    executor: Executor
+    executor: Executor  # the model thread
+    decoders: Executor | None = None  # the threads a batch's uploads are decoded over, if more than the model thread
 
     def __getitem__(self, kind: str) -> Batcher[Any, Any]:
         return self.by_kind[kind]
@@ -186,3 +188,5 @@ class Batchers:
         for b in self.by_kind.values():
             await b.close()
         self.executor.shutdown(wait=False, cancel_futures=True)
+        if self.decoders is not None:
+            self.decoders.shutdown(wait=False, cancel_futures=True)

@@ -1,10 +1,11 @@
 """Uploaded bytes to the uint8 pixels the models see, with every failure mapped to its status code.
 
 400 broken image or empty upload, 413 too many bytes or pixels, 415 not an image.
-Nothing is decoded on the event loop: thumbnails are decoded by the model thread
-with the rest of their batch (:func:`decode_batch`), bigger images in the
-threadpool (:func:`prepare_upload`). Conversion is ``core.images.to_array``, so an
-upload gets exactly the pixels the same image would have had as training data.
+Nothing is decoded on the event loop: every upload is decoded with the rest of its
+batch, in the model thread, right before the forward pass (:func:`decode_batch`),
+across as many threads as the process has cores (:func:`decode_pool`). Conversion
+is ``core.images.to_array``, so an upload gets exactly the pixels the same image
+would have had as training data.
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ import io
 import logging
 import warnings
 from collections.abc import Sequence
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
+from itertools import repeat
 from typing import TypeVar
 
 import numpy as np
@@ -25,8 +28,8 @@ from core.images import draft, to_array
 
 log = logging.getLogger("service")
 
-INLINE_BYTES = 1 << 16  # uploads decoded by the model thread, in their batch: at most this many bytes ...
-INLINE_PIXELS = 64 * 64  # ... and pixels (see prepare_upload)
+INLINE_BYTES = 1 << 16  # uploads whose header is read on the event loop (prepare_upload): at most this many bytes
+INLINE_PIXELS = 64 * 64  # thumbnails, decoded back to back in the model thread: at most this many pixels (decode_batch)
 # Formats people upload. Restricting Image.open keeps PIL's long tail of exotic
 # decoders off the request path, and EPS in particular: it shells out to Ghostscript.
 Image.init()
@@ -86,31 +89,46 @@ def decode_image(data: bytes, size: int, max_pixels: int) -> np.ndarray:
     return to_pixels(open_image(data, max_pixels), size)
 
 
-# What the batchers take: pixels decoded in the threadpool, or a thumbnail opened (its
-# header checked) for the model thread to decode with the rest of its batch.
-Upload = np.ndarray | Image.Image
+@dataclass(frozen=True)
+class Encoded:
+    """A bigger upload's bytes, left whole for its batch: opened (its header checked against
+    ``max_pixels``) and decoded in the model thread, with the rest of the batch."""
+
+    data: bytes
+    max_pixels: int
+
+
+# What the batchers take: a thumbnail with only its header read, a bigger upload's bytes, or
+# pixels decoded already (``(3, H, W)`` uint8).
+Upload = Image.Image | Encoded | np.ndarray
 Out = TypeVar("Out")
 
 
-async def prepare_upload(data: bytes, size: int, max_pixels: int) -> Upload:
-    """An upload made ready for a batch: a thumbnail (at most ``INLINE_BYTES`` and
-    ``INLINE_PIXELS``, e.g. a 32x32 CIFAR image) with only its header read, anything
-    bigger decoded to pixels in the threadpool.
+def prepare_upload(data: bytes, max_pixels: int) -> Upload:
+    """An upload made ready for a batch, which decodes it (:func:`decode_batch`): a thumbnail (at most
+    ``INLINE_BYTES``, e.g. a 32x32 CIFAR PNG) with its header read here, so its size and format are
+    checked before it joins a batch (413, 415); anything bigger as its bytes, header unread.
 
-    Why thumbnails go to the model thread: a hop to the threadpool and back costs more
-    event-loop time than decoding one (~100-400 us), yet decoding on the event loop
-    stalls every other request (a 32x32 PNG: ~40 us in a tight loop, ~90-120 us of
-    event-loop time between requests; 2-core build machine). The model thread decodes
-    a batch's thumbnails back to back, right before the forward pass that needs them
-    (:func:`decode_batch`). Size and format are checked here, before any pixel is
-    decoded (413, 415); the header parse is quick for inputs this small.
+    Why nothing is decoded here or in a threadpool of its own: decoding on the event loop
+    stalls every other request (a 32x32 PNG: ~40 us in a tight loop, ~90-120 us of event-loop
+    time between requests), and a hop to a threadpool and back costs the event loop more than
+    decoding a thumbnail (~100-400 us). Photos paid for the threadpool more than the hop: a
+    1600x1200 JPEG on /classify, 2 workers, 32 connections, each process's ~16 uploads decoding
+    in as many threads that took turns with the GIL cost 10.2-10.3 core-ms per request (1.4 of
+    them on the event loop) for 184 and 191 requests/s; decoded in their batch, 7.7-8.4 core-ms
+    (0.7-0.8) for 258 and 235 (2-core Intel Xeon, the two codes alternating). A big upload's
+    header is parsed in the batch too: walking a large file's metadata is not the event loop's job.
     """
     if len(data) <= INLINE_BYTES:
-        img = open_image(data, max_pixels)
-        if img.width * img.height <= INLINE_PIXELS:
-            return img
-        return await run_in_threadpool(to_pixels, img, size)
-    return await run_in_threadpool(decode_image, data, size, max_pixels)
+        return open_image(data, max_pixels)
+    return Encoded(data, max_pixels)
+
+
+def decode_pool(threads: int) -> Executor | None:
+    """Threads for :func:`decode_batch` to spread a batch's big uploads over: ``threads``, the
+    process's share of the cores (its torch threads), or none when that is one (the model thread
+    decodes them itself). PIL lets go of the GIL while it decodes, so the threads run in parallel."""
+    return ThreadPoolExecutor(threads, thread_name_prefix="decode") if threads > 1 else None
 
 
 def to_pixel_copies(data: bytes, sizes: Sequence[int], max_pixels: int) -> dict[int, np.ndarray]:
@@ -146,24 +164,38 @@ class DecodedBatch:
         return [by_row[i] if i in by_row else self.errors[i] for i in range(len(self.rows) + len(self.errors))]
 
 
-def decode_batch(uploads: Sequence[Upload], size: int) -> DecodedBatch:
-    """The uploads of one batch as one ``(B, 3, size, size)`` uint8 array: thumbnails decoded
-    here, back to back, pixels decoded earlier taken as they are. An upload that does not
-    decode is left out of the array with its HTTPException (a broken image fails its own
-    request, not its batch). Blocking: the model thread calls it, right before the forward pass.
+def _decode_one(upload: Upload, size: int) -> np.ndarray | HTTPException:
+    try:
+        if isinstance(upload, np.ndarray):
+            return upload
+        if isinstance(upload, Encoded):
+            return decode_image(upload.data, size, upload.max_pixels)
+        return to_pixels(upload, size)
+    except HTTPException as e:
+        return e
+
+
+def _is_big(upload: Upload) -> bool:
+    return isinstance(upload, Encoded) or (isinstance(upload, Image.Image) and upload.width * upload.height > INLINE_PIXELS)
+
+
+def decode_batch(uploads: Sequence[Upload], size: int, pool: Executor | None = None) -> DecodedBatch:
+    """The uploads of one batch as one ``(B, 3, size, size)`` uint8 array, pixels decoded earlier
+    taken as they are. Decoded here, back to back, or over ``pool`` when it is given and the batch
+    holds more than one upload bigger than a thumbnail (``INLINE_PIXELS``). An upload that does not
+    decode is left out of the array with its HTTPException (a broken image fails its own request,
+    not its batch). Blocking: the model thread calls it, right before the forward pass.
     """
+    parallel = pool is not None and sum(map(_is_big, uploads)) > 1
+    outs = pool.map(_decode_one, uploads, repeat(size)) if parallel else (_decode_one(u, size) for u in uploads)  # type: ignore[union-attr]
     decoded: list[np.ndarray] = []
     rows: list[int] = []
     errors: dict[int, HTTPException] = {}
-    for i, upload in enumerate(uploads):
-        if isinstance(upload, np.ndarray):
-            decoded.append(upload)
+    for i, out in enumerate(outs):
+        if isinstance(out, HTTPException):
+            errors[i] = out
+        else:
+            decoded.append(out)
             rows.append(i)
-            continue
-        try:
-            decoded.append(to_pixels(upload, size))
-            rows.append(i)
-        except HTTPException as e:
-            errors[i] = e
     pixels = np.stack(decoded) if decoded else np.empty((0, 3, size, size), dtype=np.uint8)
     return DecodedBatch(pixels, rows, errors)

@@ -24,6 +24,7 @@ runs here: no progress bars, no training code.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from concurrent.futures import Executor
 
 import numpy as np
 import torch
@@ -36,8 +37,8 @@ from service.collection import View
 from service.decoding import DecodedBatch, Upload, decode_batch
 
 
-def _decode(bundle: LoadedBundle, uploads: Sequence[Upload]) -> DecodedBatch:
-    return decode_batch(uploads, bundle.manifest.image_size)
+def _decode(bundle: LoadedBundle, uploads: Sequence[Upload], pool: Executor | None) -> DecodedBatch:
+    return decode_batch(uploads, bundle.manifest.image_size, pool)
 
 
 @torch.inference_mode()
@@ -57,28 +58,29 @@ def embeddings(bundle: LoadedBundle, pixels: np.ndarray) -> np.ndarray:
     return models.embed(bundle.encoder, x, batch_size=max(1, len(x)), mean=norm.mean, std=norm.std).numpy()
 
 
-def classify(bundle: LoadedBundle, uploads: Sequence[Upload]) -> list[np.ndarray | HTTPException]:
-    """Softmax probabilities over all classes, one ``(C,)`` row per upload (``(3, H, W)``
-    uint8 pixels, or a thumbnail decoded here); an upload that does not decode gets its error."""
-    batch = _decode(bundle, uploads)
+def classify(bundle: LoadedBundle, uploads: Sequence[Upload], pool: Executor | None = None) -> list[np.ndarray | HTTPException]:
+    """Softmax probabilities over all classes, one ``(C,)`` row per upload (``(3, H, W)`` uint8
+    pixels, or an upload decoded here, over ``pool`` if given: ``decoding.decode_batch``); an
+    upload that does not decode gets its error."""
+    batch = _decode(bundle, uploads, pool)
     return batch.answers(list(_probabilities(bundle, batch.pixels)) if batch.rows else [])
 
 
-def embed(bundle: LoadedBundle, uploads: Sequence[Upload]) -> list[np.ndarray | HTTPException]:
+def embed(bundle: LoadedBundle, uploads: Sequence[Upload], pool: Executor | None = None) -> list[np.ndarray | HTTPException]:
     """The unit embedding ``(D,)`` float32 of each upload (inner product = cosine similarity,
     as the index's); an upload that does not decode gets its error."""
-    batch = _decode(bundle, uploads)
+    batch = _decode(bundle, uploads, pool)
     return batch.answers(list(embeddings(bundle, batch.pixels)) if batch.rows else [])
 
 
 def embed_and_search(
-    bundle: LoadedBundle, items: Sequence[tuple[Upload, int] | tuple[Upload, int, View]]
+    bundle: LoadedBundle, items: Sequence[tuple[Upload, int] | tuple[Upload, int, View]], pool: Executor | None = None
 ) -> list[tuple[np.ndarray, np.ndarray] | HTTPException]:
     """``(scores, ids)`` of the best ``k`` hits for each ``(upload, k)``, or the upload's error if it
     does not decode: one forward pass and one search for the whole batch (the largest k, each
     query's prefix of it). An ``(upload, k, view)`` is searched in that view of ``bundle``, with the
     collection's added items and without its deleted ones (``service.collection.View.search``)."""
-    batch = _decode(bundle, [item[0] for item in items])
+    batch = _decode(bundle, [item[0] for item in items], pool)
     if not batch.rows:
         return batch.answers([])
     queries = [items[i] for i in batch.rows]

@@ -54,7 +54,6 @@ async def classify(request: Request) -> Response:
     top_k = min(int_query(request, "top_k", TOP_K, 1, MAX_TOP_K), len(bundle.manifest.class_names))
     data = await receive_upload(request, settings.max_upload_bytes)
     batcher = now.batchers["classify"]
-    with batcher.incoming():  # a batch being formed waits for this request meanwhile
-        upload = await prepare_upload(data, bundle.manifest.image_size, settings.max_image_pixels)
+    upload = prepare_upload(data, settings.max_image_pixels)
     probs = await batcher.submit(bundle, upload)  # decoded and classified with concurrent requests (model_thread.classify)
     return json_response(ClassifyResponse(model_version=bundle.version, predictions=top_predictions(bundle, probs, top_k)))

@@ -21,7 +21,6 @@ async def embed(request: Request) -> Response:
     bundle, settings = now.bundle, now.settings
     data = await receive_upload(request, settings.max_upload_bytes)
     batcher = now.batchers["embed"]
-    with batcher.incoming():  # a batch being formed waits for this request meanwhile
-        upload = await prepare_upload(data, bundle.manifest.image_size, settings.max_image_pixels)
+    upload = prepare_upload(data, settings.max_image_pixels)
     vector = await batcher.submit(bundle, upload)  # decoded and embedded with concurrent requests (model_thread.embed)
     return json_response(EmbedResponse(model_version=bundle.version, dim=int(vector.shape[0]), embedding=vector.tolist()))

@@ -130,8 +130,7 @@ async def neighbors_of_upload(request: Request) -> Response:
     k = int_query(request, "k", DEFAULT_K, 1, MAX_K)
     data = await receive_upload(request, settings.max_upload_bytes)
     batcher = now.batchers["neighbors"]
-    with batcher.incoming():  # a batch being formed waits for this request meanwhile
-        upload = await prepare_upload(data, bundle.manifest.image_size, settings.max_image_pixels)
+    upload = prepare_upload(data, settings.max_image_pixels)
     # decoded, embedded and searched with concurrent requests (model_thread.embed_and_search)
     if view.plain:
         scores, ids = await batcher.submit(bundle, (upload, k))

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-import anyio
 import numpy as np
 import pytest
 import torch
@@ -26,14 +25,14 @@ PROBES = (3, 17, 42, 199)
 
 def thumbnail(chw: np.ndarray) -> Image.Image:
     """An indexed image as a PNG upload, made ready the way a route does (a thumbnail: decoded in the batch)."""
-    upload = anyio.run(prepare_upload, chw_png(chw), 32, 10**6)
+    upload = prepare_upload(chw_png(chw), 10**6)
     assert isinstance(upload, Image.Image)
     return upload
 
 
 def broken() -> Image.Image:
     """A PNG whose header is fine and whose pixels are cut off: it fails in the model thread, with 400."""
-    return anyio.run(prepare_upload, chw_png(np.zeros((3, 32, 32), np.uint8))[:60], 32, 10**6)
+    return prepare_upload(chw_png(np.zeros((3, 32, 32), np.uint8))[:60], 10**6)
 
 
 @pytest.fixture(scope="module")
