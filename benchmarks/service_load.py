@@ -100,7 +100,7 @@ def raw_as_workers(bundle_dir: Path, batch: int, workers: int, threads: int, sec
     torch threads, side by side and started together: how ``--workers`` runs its models. On 2-core
     build machines two one-thread processes did 9-12% more than one two-thread process (batch 32:
     2,733 against at best 2,510 images/s with AVX-512; 1,375 against at best 1,225 with AVX2 only,
-    benchmarks/results/service_load_workers2.json), so the ratio divides by the highest of both kinds."""
+    benchmarks/results/service_load_workers2.json as of 2026-12-02), so the ratio divides by the highest of both kinds."""
     import multiprocessing
 
     ctx = multiprocessing.get_context("spawn")
