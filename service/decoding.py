@@ -1,9 +1,11 @@
 """Uploaded bytes to the uint8 pixels the models see, with every failure mapped to its status code.
 
 400 broken image or empty upload, 413 too many bytes or pixels, 415 not an image.
-Nothing is decoded on the event loop: every upload is decoded with the rest of its
-batch, in the model thread, right before the forward pass (:func:`decode_batch`),
-across as many threads as the process has cores (:func:`decode_pool`). Conversion
+Nothing is decoded on the event loop: an upload to a model route is decoded with the
+rest of its batch, in the model thread, right before the forward pass
+(:func:`decode_batch`), over as many threads as the process's share of the cores
+(:func:`decode_pool`); POST /items decodes its stored copies in the threadpool
+(:func:`prepare_copies`). Conversion
 is ``core.images.to_array``, so an upload gets exactly the pixels the same image
 would have had as training data.
 """
