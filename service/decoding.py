@@ -143,9 +143,8 @@ def to_pixel_copies(data: bytes, sizes: Sequence[int], max_pixels: int) -> dict[
 
 async def prepare_copies(data: bytes, sizes: Sequence[int], max_pixels: int) -> dict[int, np.ndarray]:
     """An upload decoded to pixels at each of ``sizes`` (``POST /items``: the copies the collection
-    stores). The header is checked here, as :func:`prepare_upload` does (413, 415, 400); the decoding
-    runs in the threadpool whatever the size: a write waits for its fsync anyway."""
-    open_image(data, max_pixels).close()
+    stores), in the threadpool whatever the size: a write waits for its fsync anyway. Each decode
+    checks the header first (``decode_image``: 413, 415, 400), off the event loop as in a batch."""
     return await run_in_threadpool(to_pixel_copies, data, sizes, max_pixels)
 
 
